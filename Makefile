@@ -1,0 +1,30 @@
+# The README's commands. Each target sets up its own virtual environment on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-slow lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)  ## the default test suite (CPU, offline, a few minutes)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not hub"
+
+test-slow: $(STAMP)  ## the slow tests (multi-process runs, longer trainings)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "slow and not hub"
+
+lint: $(STAMP)
+	$(BIN)/ruff check sslhub recipes tests bench
+	$(BIN)/ruff format --check sslhub recipes tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format sslhub recipes tests bench
+	$(BIN)/ruff check --fix sslhub recipes tests bench
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

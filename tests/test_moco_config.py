@@ -1,0 +1,51 @@
+"""Every invalid MoCo setting is refused when the config is built, with a message naming the field."""
+
+import pytest
+
+from sslhub import MoCoConfig
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "resnet_does_not_exist"}, r"backbone='resnet_does_not_exist' is not a timm model"),
+        ({"temperature": 0.0}, r"temperature must be a positive number"),
+        ({"temperature": -0.1}, r"temperature must be a positive number"),
+        ({"momentum": 1.5}, r"momentum must be in \[0, 1\]"),
+        ({"momentum": -0.1}, r"momentum must be in \[0, 1\]"),
+        ({"queue_size": 1000, "batch_size": 256}, r"queue_size=1000 must be a multiple .* batch_size"),
+        ({"version": "v4"}, r"version must be one of \['v1', 'v2', 'v3'\]"),
+        ({"key_batch_norm": "split"}, r"key_batch_norm must be one of \['shuffle', 'sync', 'none'\]"),
+        ({"version": "v3", "queue_size": 4096}, r"version='v3' uses in-batch keys and no queue"),
+        ({"version": "v2", "queue_size": 0}, r"needs a queue of negatives"),
+        ({"image_std": [0.5, 0.5]}, r"image_std must have 3 values"),
+    ],
+)
+def test_invalid_settings_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MoCoConfig(**kwargs)
+
+
+def test_presets_follow_the_papers():
+    v1, v2, v3 = MoCoConfig.v1(), MoCoConfig.v2(), MoCoConfig.v3()
+    assert (v1.temperature, v1.projector_num_layers, v1.queue_size, v1.momentum) == (0.07, 1, 65536, 0.999)
+    assert (v2.temperature, v2.projector_num_layers, v2.projection_dim) == (0.2, 2, 128)
+    assert not v2.projector_batch_norm
+    assert (v3.queue_size, v3.temperature, v3.projection_dim, v3.projector_hidden_size) == (0, 1.0, 256, 4096)
+    assert v3.symmetric_loss and v3.predictor_num_layers == 2 and v3.momentum == 0.99
+    vit = MoCoConfig.v3("vit_small_patch16_224")
+    assert vit.temperature == 0.2 and vit.projector_num_layers == 3 and vit.predictor_last_batch_norm
+
+
+def test_symmetric_loss_doubles_the_keys_per_step():
+    MoCoConfig.v2(queue_size=512, batch_size=256)
+    with pytest.raises(ValueError, match="512 = batch_size x 2"):
+        MoCoConfig.v2(queue_size=768, batch_size=256, symmetric_loss=True)
+
+
+def test_preset_overrides_and_round_trip(tmp_path):
+    config = MoCoConfig.v2("resnet18", small_input_stem=True, image_size=32, queue_size=4096)
+    config.save_pretrained(tmp_path)
+    loaded = MoCoConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.small_input_stem and loaded.backbone == "resnet18"

@@ -1,0 +1,238 @@
+"""Contract tests over every MoCo model class, and MoCo-specific behaviour."""
+
+import pytest
+import timm
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+
+from sslhub import MoCoConfig, MoCoForImageClassification, MoCoForPreTraining, MoCoModel
+
+from .helpers import tiny_moco_v2, tiny_moco_v3
+
+CONFIGS = {"v2-resnet": tiny_moco_v2, "v3-vit": tiny_moco_v3}
+AUTO_CLASS = {
+    MoCoModel: AutoModel,
+    MoCoForPreTraining: AutoModelForPreTraining,
+    MoCoForImageClassification: AutoModelForImageClassification,
+}
+
+
+def _build(model_class, make_config):
+    config = make_config(num_labels=3)
+    return model_class(config), config
+
+
+def _inputs(model_class, batch=4, size=32):
+    x1, x2 = torch.randn(batch, 3, size, size), torch.randn(batch, 3, size, size)
+    if model_class is MoCoForPreTraining:
+        return {"query_pixel_values": x1, "key_pixel_values": x2}
+    if model_class is MoCoForImageClassification:
+        return {"pixel_values": x1, "labels": torch.tensor([0, 1, 2, 0])}
+    return {"pixel_values": x1}
+
+
+def _primary(output):
+    if getattr(output, "loss", None) is not None:
+        return output.loss
+    return output.pooler_output.pow(2).sum() + output.projection.pow(2).sum()
+
+
+def _query_backbone(model):
+    return model.backbone if isinstance(model, MoCoModel) else model.query_encoder.backbone
+
+
+@pytest.mark.parametrize("make_config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("model_class", AUTO_CLASS.keys(), ids=lambda c: c.__name__)
+class TestContract:
+    def test_output_shapes(self, model_class, make_config):
+        model, config = _build(model_class, make_config)
+        output = model(**_inputs(model_class))
+        if model_class is MoCoModel:
+            assert output.pooler_output.shape == (4, model.num_features)
+            assert output.projection.shape == (4, config.projection_dim)
+        elif model_class is MoCoForPreTraining:
+            negatives = config.queue_size if config.has_queue else 4
+            assert output.logits.shape == (4, 1 + negatives if config.has_queue else negatives)
+            assert output.query_embeddings.shape == output.key_embeddings.shape == (4, config.projection_dim)
+            torch.testing.assert_close(output.query_embeddings.norm(dim=1), torch.ones(4))
+            assert output.loss.ndim == 0 and torch.isfinite(output.loss)
+        else:
+            assert output.logits.shape == (4, 3)
+            assert output.loss.ndim == 0
+
+    def test_gradients_reach_only_the_query_branch(self, model_class, make_config):
+        model, _ = _build(model_class, make_config)
+        _primary(model(**_inputs(model_class))).backward()
+        for name, parameter in model.named_parameters():
+            if name.startswith("key_encoder."):
+                assert parameter.grad is None and not parameter.requires_grad, name
+        # The classifier reads the pooled embedding: its copy of the projector is unused.
+        unused = (
+            ("key_encoder.", "query_encoder.projector.")
+            if model_class is MoCoForImageClassification
+            else ("key_encoder.",)
+        )
+        trained = [p for n, p in model.named_parameters() if not n.startswith(unused)]
+        assert all(p.grad is not None for p in trained)
+        assert any(p.grad.abs().sum() > 0 for p in trained)
+
+    def test_save_and_auto_load_round_trip(self, model_class, make_config, tmp_path):
+        model, _ = _build(model_class, make_config)
+        model.eval()
+        model.save_pretrained(tmp_path)
+        assert (tmp_path / "model.safetensors").exists() and (tmp_path / "preprocessor_config.json").exists()
+        assert isinstance(AutoConfig.from_pretrained(tmp_path), MoCoConfig)
+        loaded = AUTO_CLASS[model_class].from_pretrained(tmp_path)
+        assert type(loaded) is model_class
+        loaded.eval()
+        inputs = _inputs(model_class)
+        with torch.no_grad():
+            for a, b in zip(model(**inputs).to_tuple(), loaded(**inputs).to_tuple(), strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert loaded.state_dict().keys() == model.state_dict().keys()
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key]), key
+
+    def test_stripped_backbone_loads_into_timm(self, model_class, make_config):
+        model, config = _build(model_class, make_config)
+        model.eval()
+        prefix = "backbone." if model_class is MoCoModel else "query_encoder.backbone."
+        stripped = {k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)}
+        reference = timm.create_model(config.backbone, num_classes=0, **(config.backbone_kwargs or {}))
+        reference.load_state_dict(stripped, strict=True)
+        reference.eval()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(reference(x), _query_backbone(model)(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make_config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_key_encoder_starts_as_copy_and_follows_the_ema(make_config):
+    model = MoCoForPreTraining(make_config())
+    for q, k in zip(
+        model.query_encoder.state_dict().values(), model.key_encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(q, k)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    inputs = _inputs(MoCoForPreTraining)
+    model(**inputs).loss.backward()
+    optimizer.step()
+    query_after = [p.detach().clone() for p in model.query_encoder.parameters()]
+    key_before = [p.detach().clone() for p in model.key_encoder.parameters()]
+    model(**inputs)  # the next step first moves the key encoder towards the query encoder
+    m = model.momentum
+    for key, kb, qa in zip(model.key_encoder.parameters(), key_before, query_after, strict=True):
+        torch.testing.assert_close(key.detach(), m * kb + (1 - m) * qa, rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(kb, qa) for kb, qa in zip(key_before, query_after, strict=True))
+
+
+def test_queue_receives_the_keys_in_fifo_order():
+    model = MoCoForPreTraining(tiny_moco_v2(queue_size=12))
+    previous = model.queue.clone()
+    out = model(**_inputs(MoCoForPreTraining))
+    torch.testing.assert_close(model.queue[:4], out.key_embeddings)
+    assert torch.equal(model.queue[4:], previous[4:])
+    assert model.queue_ptr.item() == 4
+    for _ in range(2):
+        model(**_inputs(MoCoForPreTraining))
+    assert model.queue_ptr.item() == 0  # 3 x 4 keys fill 12 slots and wrap
+    torch.testing.assert_close(model.queue.norm(dim=1), torch.ones(12))
+
+
+def test_eval_mode_does_not_touch_key_encoder_or_queue():
+    model = MoCoForPreTraining(tiny_moco_v2()).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model(**_inputs(MoCoForPreTraining))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_symmetric_queue_loss_enqueues_both_views():
+    model = MoCoForPreTraining(tiny_moco_v2(symmetric_loss=True, queue_size=16))
+    model(**_inputs(MoCoForPreTraining))
+    assert model.queue_ptr.item() == 8
+
+
+def test_pretraining_checkpoint_loads_as_encoder_and_classifier(tmp_path):
+    pretraining = MoCoForPreTraining(tiny_moco_v2()).eval()
+    pretraining.save_pretrained(tmp_path)
+    encoder = MoCoModel.from_pretrained(tmp_path).eval()
+    classifier = MoCoForImageClassification.from_pretrained(tmp_path, num_labels=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = pretraining.query_encoder(x).pooler_output
+        torch.testing.assert_close(encoder(x).pooler_output, expected, rtol=0, atol=0)
+        torch.testing.assert_close(classifier(x).pooler_output, expected, rtol=0, atol=0)
+    assert classifier(x).logits.shape == (2, 5)
+
+
+def test_pretraining_from_an_encoder_folder_copies_query_into_key(tmp_path):
+    MoCoModel(tiny_moco_v2()).save_pretrained(tmp_path)
+    model = MoCoForPreTraining.from_pretrained(tmp_path)
+    for q, k in zip(
+        model.query_encoder.state_dict().values(), model.key_encoder.state_dict().values(), strict=True
+    ):
+        assert torch.equal(q, k)
+    assert not any(p.requires_grad for p in model.key_encoder.parameters())
+    torch.testing.assert_close(model.queue.norm(dim=1), torch.ones(model.config.queue_size))
+
+
+def test_fresh_model_keeps_timm_initialization():
+    torch.manual_seed(0)
+    model = MoCoModel(tiny_moco_v2())
+    torch.manual_seed(0)
+    reference = timm.create_model("test_resnet", num_classes=0)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+
+
+def test_small_input_stem_keeps_resolution():
+    config = MoCoConfig.v2(backbone="resnet18", small_input_stem=True, queue_size=8)
+    model = MoCoModel(config).eval()
+    features = model(torch.randn(1, 3, 32, 32), output_hidden_states=True).last_hidden_state
+    assert features.shape[-2:] == (4, 4)  # three stride-2 stages only: 32 -> 4
+    assert model.backbone.conv1.kernel_size == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("make_config", "update_key_encoder"),
+    # v3: full steps. v2: a queue filled from one fixed batch holds that batch's own keys as negatives,
+    # so its loss is measured against a fixed key encoder and queue.
+    [(tiny_moco_v3, True), (tiny_moco_v2, False)],
+    ids=["v3-full-steps", "v2-fixed-queue"],
+)
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(make_config, update_key_encoder):
+    model = MoCoForPreTraining(make_config(queue_size=64) if make_config is tiny_moco_v2 else make_config())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    inputs = _inputs(MoCoForPreTraining, batch=16)
+    losses = []
+    for _ in range(20):
+        loss = model(**inputs, update_key_encoder=update_key_encoder).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
+
+
+def test_saved_folder_serves_image_processor_and_pipeline(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor, pipeline
+
+    config = tiny_moco_v2(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    model = MoCoModel(config).eval()
+    model.save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    assert list(processor.image_mean) == [0.5, 0.4, 0.3] and list(processor.image_std) == [0.2, 0.25, 0.3]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 32, 32)
+    extractor = pipeline("image-feature-extraction", model=str(tmp_path), device="cpu")
+    features = torch.tensor(extractor(image, pool=True))
+    with torch.no_grad():
+        expected = model(pixel_values).pooler_output
+    torch.testing.assert_close(features.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
+    default = torch.tensor(extractor(image))  # the default output is the pooled embedding too
+    torch.testing.assert_close(default.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
