@@ -11,9 +11,13 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .configuration_colorization import ColorizationConfig
 from .configuration_moco import MoCoConfig
+from .configuration_student import StudentConfig
+from .modeling_colorization import ColorizationForPreTraining, ColorizationModel
 from .modeling_common import image_processor_for
 from .modeling_moco import MoCoForImageClassification, MoCoForPreTraining, MoCoModel
+from .modeling_student import StudentForDistillation, StudentModel
 
 __version__ = "0.1.0"
 
@@ -21,11 +25,24 @@ AutoConfig.register(MoCoConfig.model_type, MoCoConfig, exist_ok=True)
 AutoModel.register(MoCoConfig, MoCoModel, exist_ok=True)
 AutoModelForPreTraining.register(MoCoConfig, MoCoForPreTraining, exist_ok=True)
 AutoModelForImageClassification.register(MoCoConfig, MoCoForImageClassification, exist_ok=True)
+AutoConfig.register(StudentConfig.model_type, StudentConfig, exist_ok=True)
+AutoModel.register(StudentConfig, StudentModel, exist_ok=True)
+# Loads without a teacher; attach one with `set_teacher` (or pass precomputed `teacher_embeddings`).
+AutoModelForPreTraining.register(StudentConfig, StudentForDistillation, exist_ok=True)
+AutoConfig.register(ColorizationConfig.model_type, ColorizationConfig, exist_ok=True)
+AutoModel.register(ColorizationConfig, ColorizationModel, exist_ok=True)
+AutoModelForPreTraining.register(ColorizationConfig, ColorizationForPreTraining, exist_ok=True)
 
 __all__ = [
+    "ColorizationConfig",
+    "ColorizationForPreTraining",
+    "ColorizationModel",
     "MoCoConfig",
     "MoCoForImageClassification",
     "MoCoForPreTraining",
     "MoCoModel",
+    "StudentConfig",
+    "StudentForDistillation",
+    "StudentModel",
     "image_processor_for",
 ]

@@ -55,7 +55,10 @@ def create_backbone(
             )
         # A 7x7 stride-2 stem followed by a max-pool leaves a 32x32 image 8x8 before the first stage.
         stem_width = backbone.bn1.num_features
-        backbone.conv1 = nn.Conv2d(3, stem_width, kernel_size=3, stride=1, padding=1, bias=False)
+        first_conv = backbone.conv1[0] if isinstance(backbone.conv1, nn.Sequential) else backbone.conv1
+        backbone.conv1 = nn.Conv2d(
+            first_conv.in_channels, stem_width, kernel_size=3, stride=1, padding=1, bias=False
+        )
         backbone.maxpool = nn.Identity()
     return backbone
 

@@ -76,7 +76,10 @@ class SSLHubPreTrainedModel(PreTrainedModel):
     def _init_extra_state(self) -> None:
         """Initialize model-level state missing from a checkpoint (after every submodule is settled)."""
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None) -> None:
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=None, **kwargs
+    ) -> None:
+        # timm backbones checkpoint their own blocks (`set_grad_checkpointing`).
         for module in self.modules():
             if hasattr(module, "set_grad_checkpointing") and module is not self:
                 module.set_grad_checkpointing(enable)

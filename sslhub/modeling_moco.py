@@ -213,6 +213,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         query_pixel_values: torch.Tensor,
         key_pixel_values: torch.Tensor,
         update_key_encoder: bool | None = None,
+        enqueue_keys: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MoCoForPreTrainingOutput | tuple:
@@ -221,9 +222,12 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         Args:
             query_pixel_values: (N, 3, H, W) first views.
             key_pixel_values: (N, 3, H, W) second views.
-            update_key_encoder: apply the momentum update and enqueue the keys; defaults to `self.training`.
+            update_key_encoder: apply the momentum update first; defaults to `self.training`. With gradient
+                accumulation, pass True only on the first micro-batch of an optimizer step.
+            enqueue_keys: enqueue this batch's keys afterwards; defaults to `update_key_encoder`.
         """
         update = self.training if update_key_encoder is None else update_key_encoder
+        enqueue_keys = update if enqueue_keys is None else enqueue_keys
         if update:
             momentum_update(self.key_encoder, self.query_encoder, self.momentum)
 
@@ -239,7 +243,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
             loss = loss + loss_2 if self.queue is None else (loss + loss_2) / 2
             new_keys = torch.cat([key, key_2])
 
-        if update and self.queue is not None:
+        if enqueue_keys and self.queue is not None:
             enqueue(self.queue, self.queue_ptr, gather_without_grad(new_keys))
 
         output = MoCoForPreTrainingOutput(

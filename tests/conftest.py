@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Test tensors are tiny: one intra-op thread is faster than two and leaves a core for data workers.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

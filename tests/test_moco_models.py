@@ -87,8 +87,10 @@ class TestContract:
         loaded.eval()
         inputs = _inputs(model_class)
         with torch.no_grad():
+            # Weights are bit-exact (checked below); outputs may differ in the last bit because tensors
+            # loaded from safetensors are not 64-byte aligned, which changes the kernels' summation order.
             for a, b in zip(model(**inputs).to_tuple(), loaded(**inputs).to_tuple(), strict=True):
-                torch.testing.assert_close(a, b, rtol=0, atol=0)
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         assert loaded.state_dict().keys() == model.state_dict().keys()
         for key, value in model.state_dict().items():
             assert torch.equal(value, loaded.state_dict()[key]), key
@@ -162,8 +164,8 @@ def test_pretraining_checkpoint_loads_as_encoder_and_classifier(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = pretraining.query_encoder(x).pooler_output
-        torch.testing.assert_close(encoder(x).pooler_output, expected, rtol=0, atol=0)
-        torch.testing.assert_close(classifier(x).pooler_output, expected, rtol=0, atol=0)
+        torch.testing.assert_close(encoder(x).pooler_output, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(classifier(x).pooler_output, expected, rtol=1e-6, atol=1e-6)
     assert classifier(x).logits.shape == (2, 5)
 
 
@@ -236,3 +238,16 @@ def test_saved_folder_serves_image_processor_and_pipeline(tmp_path):
     torch.testing.assert_close(features.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
     default = torch.tensor(extractor(image))  # the default output is the pooled embedding too
     torch.testing.assert_close(default.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = MoCoModel(tiny_moco_v3())
+    inputs = _inputs(MoCoModel)
+    _primary(model(**inputs)).backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert model.backbone.grad_checkpointing
+    _primary(model(**inputs)).backward()
+    for parameter, grad in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(parameter.grad, grad, rtol=1e-5, atol=1e-6)

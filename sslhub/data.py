@@ -1,0 +1,459 @@
+"""Image datasets and the views of self-supervised training.
+
+- `load_image_dataset`: a Hub id, a local image folder, parquet files, a saved dataset or the embedded
+  `sample`, optionally streamed, with its image and label columns found (or named) and renamed to
+  `image` / `label`.
+- `two_view_transform` / `eval_transform`: the MoCo v1/v2/v3 augmentation presets and the evaluation
+  preprocessing, on torchvision transforms v2.
+- `TwoViewDataset` / `ImageDataset` + `collate`: decode robustly (bad files are
+  skipped with a warning that names them and counted), convert every mode to RGB, and draw augmentation
+  randomness from seeds derived from (run seed, epoch, sample index), so that a resumed run sees exactly
+  the views an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset, IterableDataset
+from torchvision.transforms import v2
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values", "jpg", "png")
+LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "cls")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUGMENTATIONS = ("v1", "v2", "v3")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _builder_for(source: str) -> tuple[str, dict[str, Any]] | None:
+    """Map a local path or glob to a `datasets` builder and its arguments; `None` for Hub ids."""
+    if source == "sample":
+        return "parquet", {"data_files": {s: str(SAMPLE_DIR / f"{s}.parquet") for s in ("train", "test")}}
+    if any(ch in source for ch in "*?[") or source.endswith(".parquet"):
+        files = sorted(glob.glob(source))
+        if not files:
+            raise FileNotFoundError(f"no parquet file matches {source!r}")
+        return "parquet", {"data_files": {"train": files}}
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return "disk", {"dataset_path": str(path)}
+        parquet = sorted(str(p) for p in path.rglob("*.parquet"))
+        if parquet:
+            split_files: dict[str, list[str]] = {}
+            for file in parquet:
+                name = Path(file).stem.split("-")[0]
+                split_files.setdefault(
+                    name if name in ("train", "test", "validation") else "train", []
+                ).append(file)
+            return "parquet", {"data_files": split_files}
+        return "imagefolder", {"data_dir": str(path)}
+    if path.exists():
+        raise ValueError(
+            f"{source!r} is a file but not a parquet file; expected a folder, parquet file(s) or Hub id"
+        )
+    return None
+
+
+def _hub_dataset_path(source: str) -> str:
+    """A Hub dataset id, resolved from the local cache when the Hub is offline."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", "False", ""):
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(source, repo_type="dataset", local_files_only=True)
+    return source
+
+
+def _find_column(
+    features: datasets.Features, wanted: str | None, kind: str, names: tuple[str, ...], feature_type: type
+) -> str | None:
+    columns = list(features)
+    if wanted is not None:
+        if wanted not in columns:
+            raise ValueError(f"{kind}_column={wanted!r} is not a column of the dataset; columns: {columns}")
+        return wanted
+    typed = [c for c in columns if isinstance(features[c], feature_type)]
+    if typed:
+        return typed[0]
+    named = [c for c in columns if c.lower() in names]
+    return named[0] if named else None
+
+
+def load_image_dataset(
+    source: str,
+    split: str = "train",
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    streaming: bool = False,
+    decode: bool = False,
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Load an image dataset with `datasets`, with columns renamed to `image` (and `label` if present).
+
+    Args:
+        source: a Hub id (`"uoft-cs/cifar10"`, `"frgfm/imagenette"`), a local image folder (class
+            subfolders become labels), a folder saved with `save_to_disk`, a parquet file or glob
+            (`"data/train-*.parquet"`), or `"sample"` for the small CIFAR-10 sample shipped with sslhub.
+        split: split name, with `datasets` slicing (`"train[:90%]"`) for non-streaming datasets.
+        image_column: the image column; found from its `Image` type or a usual name when `None`.
+        label_column: the label column; found from its `ClassLabel` type or a usual name when `None`.
+        streaming: stream the data instead of downloading/preparing it all (for datasets that do not
+            fit on disk); returns an `IterableDataset`.
+        decode: keep `datasets`' own image decoding. The default hands raw bytes to `TwoViewDataset` /
+            `ImageDataset`, which skip undecodable files instead of crashing.
+
+    Returns:
+        A `Dataset` or `IterableDataset` with an `image` column and, when labels exist, a `label` column.
+    """
+    builder = _builder_for(source)
+    if builder is None:
+        dataset = datasets.load_dataset(_hub_dataset_path(source), split=split, streaming=streaming)
+    elif builder[0] == "disk":
+        loaded = datasets.load_from_disk(builder[1]["dataset_path"])
+        dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    else:
+        name, kwargs = builder
+        base_split = split.split("[")[0]
+        files = kwargs.get("data_files")
+        if isinstance(files, dict) and base_split not in files:
+            raise ValueError(f"split={split!r} not found in {source!r}; available: {sorted(files)}")
+        dataset = datasets.load_dataset(name, split=split, streaming=streaming, **kwargs)
+
+    features = dataset.features
+    if features is None:  # some streaming datasets only know their features after the first example
+        dataset = dataset._resolve_features()
+        features = dataset.features
+    image = _find_column(features, image_column, "image", IMAGE_COLUMN_NAMES, datasets.Image)
+    if image is None:
+        raise ValueError(
+            f"no image column found in {source!r} (columns: {list(features)}); pass image_column="
+        )
+    label = _find_column(features, label_column, "label", LABEL_COLUMN_NAMES, datasets.ClassLabel)
+    renames = {
+        old: new for old, new in ((image, "image"), (label, "label")) if old is not None and old != new
+    }
+    dropped = [c for c in features if c in ("image", "label") and c not in (image, label)]
+    if dropped:
+        dataset = dataset.remove_columns(dropped)
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    if not decode and isinstance(dataset.features["image"], datasets.Image):
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
+
+
+def class_names(dataset: datasets.Dataset | datasets.IterableDataset) -> list[str] | None:
+    """The label names of a dataset loaded by `load_image_dataset`, if its labels are a `ClassLabel`."""
+    feature = (dataset.features or {}).get("label")
+    return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------------
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB: grey, palette, CMYK, 16-bit; transparency is composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")
+    return image.convert("RGB")
+
+
+def _describe(value: Any, index: int) -> str:
+    if isinstance(value, dict) and value.get("path"):
+        return f"{value['path']} (sample {index})"
+    return f"sample {index}"
+
+
+def decode_image(value: Any) -> Image.Image:
+    """Decode a dataset value (PIL image, `{"bytes", "path"}` dict, bytes or path) into an RGB image.
+
+    Raises:
+        OSError / UnidentifiedImageError / ValueError for truncated or non-image data.
+    """
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        data = value.get("bytes")
+        image = Image.open(io.BytesIO(data)) if data is not None else Image.open(value["path"])
+    elif isinstance(value, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(value))
+    elif isinstance(value, (str, os.PathLike)):
+        image = Image.open(value)
+    else:
+        raise ValueError(f"cannot decode an image from a {type(value).__name__}")
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return to_rgb(image)
+
+
+def _try_decode(value: Any, index: int) -> Image.Image | None:
+    try:
+        return decode_image(value)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        logger.warning("skipping unreadable image %s: %s", _describe(value, index), error)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Views
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _blur(image_size: int, p: float) -> list[v2.Transform]:
+    # Blur helps at ImageNet scale; at 32x32 it only destroys the little signal there is (SimCLR, CIFAR).
+    if image_size < 64 or p == 0:
+        return []
+    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+    return [v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=p)]
+
+
+def _to_normalized_tensor(mean, std) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def _view(
+    preset: str,
+    image_size: int,
+    mean,
+    std,
+    *,
+    blur: float = 0.5,
+    solarize: float = 0.0,
+    min_scale: float | None = None,
+) -> v2.Compose:
+    scale = (min_scale if min_scale is not None else (0.08 if preset == "v3" else 0.2), 1.0)
+    crop = v2.RandomResizedCrop(image_size, scale=scale, antialias=True)
+    if preset == "v1":
+        steps = [
+            crop,
+            v2.RandomGrayscale(p=0.2),
+            v2.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if preset == "v2" else v2.ColorJitter(0.4, 0.4, 0.2, 0.1)
+        steps = [crop, v2.RandomApply([jitter], p=0.8), v2.RandomGrayscale(p=0.2), *_blur(image_size, blur)]
+        if solarize:
+            steps.append(v2.RandomSolarize(threshold=128, p=solarize))
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, *_to_normalized_tensor(mean, std)])
+
+
+@dataclass
+class TwoViewTransform:
+    """Two augmented views of one image, the query view and the key view.
+
+    Randomness comes from the `seed` passed at call time, so the views are a pure function of
+    (image, seed); the global RNG is left untouched.
+    """
+
+    query_view: Callable
+    key_view: Callable
+
+    def __call__(self, image: Image.Image, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.query_view(image), self.key_view(image)
+
+
+def two_view_transform(
+    preset: str = "v2",
+    image_size: int = 224,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    min_scale: float | None = None,
+) -> TwoViewTransform:
+    """The MoCo augmentation presets (see `methods.md`), sized for the input resolution.
+
+    - `v1`: RandomResizedCrop(scale 0.2-1), grayscale p=0.2, ColorJitter(0.4, 0.4, 0.4, 0.4), flip.
+    - `v2`: crop as v1, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur
+      (sigma 0.1-2) p=0.5, flip.
+    - `v3` (BYOL-style, asymmetric): crop scale 0.08-1, jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale
+      p=0.2; blur p=1.0 on the first view, p=0.1 and solarization p=0.2 on the second.
+
+    Blur is left out below 64x64 pixels. `min_scale` overrides the crop's lower scale bound.
+    """
+    if preset not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {preset!r}")
+    if preset == "v3":
+        first = _view(preset, image_size, mean, std, blur=1.0, min_scale=min_scale)
+        second = _view(preset, image_size, mean, std, blur=0.1, solarize=0.2, min_scale=min_scale)
+        return TwoViewTransform(first, second)
+    view = _view(preset, image_size, mean, std, min_scale=min_scale)
+    return TwoViewTransform(view, view)
+
+
+def eval_transform(
+    image_size: int = 224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct: float = 0.875
+) -> v2.Compose:
+    """Evaluation preprocessing: resize the shorter side to `image_size / crop_pct`, centre-crop, normalize.
+
+    The same steps as the image processor saved with every sslhub model (`image_processor_for`).
+    """
+    resize = int(image_size / crop_pct)
+    return v2.Compose(
+        [
+            v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(image_size),
+            *_to_normalized_tensor(mean, std),
+        ]
+    )
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation, derived from the run seed, the epoch and its index."""
+    return zlib.crc32(f"{seed}/{epoch}/{index}".encode()) * 2654435761 % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch datasets
+# ----------------------------------------------------------------------------------------------------------
+
+
+class TwoViewDataset(Dataset):
+    """Map-style dataset of two augmented views per image, for MoCo-style pre-training.
+
+    Items are `{"query_pixel_values", "key_pixel_values", "index", "num_skipped"}` (plus `label` when the
+    dataset has labels). An unreadable image is skipped with a warning that names it and replaced by the
+    next readable one, so batches keep their size (every process must gather equal-sized key batches);
+    `num_skipped` counts the files passed over. Call `set_epoch` before each epoch: augmentation seeds
+    depend on (seed, epoch, index).
+    """
+
+    def __init__(self, dataset: datasets.Dataset, transform: TwoViewTransform, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.has_labels = "label" in dataset.column_names
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for skipped in range(min(len(self), 1000)):
+            row = self.dataset[(int(index) + skipped) % len(self)]
+            image = _try_decode(row["image"], (int(index) + skipped) % len(self))
+            if image is not None:
+                break
+        else:
+            raise RuntimeError(
+                f"1000 consecutive unreadable images from index {index}: is this an image dataset?"
+            )
+        query, key = self.transform(image, sample_seed(self.seed, self.epoch, index))
+        item = {"query_pixel_values": query, "key_pixel_values": key, "index": index, "num_skipped": skipped}
+        if self.has_labels:
+            item["label"] = row["label"]
+        return item
+
+
+class ImageDataset(Dataset):
+    """Map-style dataset of one deterministic (evaluation) view per image: `{"pixel_values", "label", "index"}`."""
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.has_labels = "label" in dataset.column_names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        row = self.dataset[int(index)]
+        image = _try_decode(row["image"], index)
+        if image is None:
+            return None
+        item = {"pixel_values": self.transform(image), "index": index}
+        if self.has_labels:
+            item["label"] = row["label"]
+        return item
+
+
+class StreamingTwoViewDataset(IterableDataset):
+    """Two views per image from a streaming (`IterableDataset`) source, for data that does not fit on disk.
+
+    Shard it across processes with `datasets.distributed.split_dataset_by_node` *instead of*
+    `accelerator.prepare` on its DataLoader (doing both loses data). Augmentation seeds use the
+    position of the sample in this process's stream.
+    """
+
+    def __init__(self, dataset: datasets.IterableDataset, transform: TwoViewTransform, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        skipped = 0
+        for index, row in enumerate(self.dataset):
+            image = _try_decode(row["image"], index)
+            if image is None:
+                skipped += 1  # counted with the next readable sample
+                continue
+            query, key = self.transform(image, sample_seed(self.seed, self.epoch, index))
+            item = {
+                "query_pixel_values": query,
+                "key_pixel_values": key,
+                "index": index,
+                "num_skipped": skipped,
+            }
+            skipped = 0
+            if "label" in row:
+                item["label"] = row["label"]
+            yield item
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+    """Stack dataset items into a batch, dropping `None` (unreadable images of `ImageDataset`).
+
+    The batch's `num_skipped` is the number of unreadable files met while building it.
+    """
+    kept = [item for item in items if item is not None]
+    batch: dict[str, torch.Tensor] = {}
+    skipped = len(items) - len(kept) + sum(item.pop("num_skipped", 0) for item in kept)
+    if kept:
+        for key in kept[0]:
+            values = [item[key] for item in kept]
+            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+    batch["num_skipped"] = torch.tensor(skipped)
+    return batch

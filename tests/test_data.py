@@ -1,0 +1,186 @@
+"""Dataset loading from every source, robust decoding, and the two-view augmentation."""
+
+import io
+import logging
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sslhub.data import (
+    ImageDataset,
+    TwoViewDataset,
+    class_names,
+    collate,
+    decode_image,
+    eval_transform,
+    load_image_dataset,
+    two_view_transform,
+)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _png(color, size=(16, 12), mode="RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def _jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / "folder"
+    for label, color in (("cat", (200, 10, 10)), ("dog", (10, 200, 10))):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            _png(color).save(root / label / f"{i}.png")
+    return root
+
+
+def test_sample_dataset_ships_with_labels():
+    train, test = load_image_dataset("sample", "train"), load_image_dataset("sample", "test")
+    assert len(train) == 5000 and len(test) == 1000
+    assert class_names(train)[:3] == ["airplane", "automobile", "bird"]
+    assert np.bincount(train["label"]).tolist() == [500] * 10  # stratified
+    assert decode_image(train[0]["image"]).size == (32, 32)
+
+
+def test_image_folder_infers_labels(image_folder):
+    dataset = load_image_dataset(str(image_folder))
+    assert len(dataset) == 6 and class_names(dataset) == ["cat", "dog"]
+
+
+def test_parquet_file_and_glob_with_custom_column_names(tmp_path):
+    rows = {
+        "img": [{"bytes": _jpeg_bytes(_png((i * 40, 0, 0))), "path": None} for i in range(4)],
+        "fine_label": [0, 1, 0, 1],
+    }
+    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.Value("int64")})
+    for part in range(2):
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / f"part-{part}.parquet"))
+    single = load_image_dataset(str(tmp_path / "part-0.parquet"))
+    assert single.column_names == ["image", "label"] and len(single) == 4
+    both = load_image_dataset(str(tmp_path / "part-*.parquet"))
+    assert len(both) == 8
+    named = load_image_dataset(
+        str(tmp_path / "part-0.parquet"), image_column="img", label_column="fine_label"
+    )
+    assert named["label"] == [0, 1, 0, 1]
+
+
+def test_saved_dataset_folder_and_split_slicing(tmp_path):
+    features = datasets.Features(
+        {"picture": datasets.Image(), "target": datasets.ClassLabel(names=["a", "b"])}
+    )
+    data = {"picture": [_png((i, i, i)) for i in range(10)], "target": [i % 2 for i in range(10)]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(data, features=features)}).save_to_disk(
+        tmp_path / "d"
+    )
+    dataset = load_image_dataset(str(tmp_path / "d"))
+    assert dataset.column_names == ["image", "label"] and class_names(dataset) == ["a", "b"]
+    sliced = load_image_dataset("sample", "test[:10%]")
+    assert len(sliced) == 100
+
+
+def test_clear_errors_for_missing_columns_splits_and_files(tmp_path):
+    with pytest.raises(ValueError, match="image_column='photo' is not a column"):
+        load_image_dataset("sample", image_column="photo")
+    with pytest.raises(ValueError, match="split='validation' not found"):
+        load_image_dataset("sample", "validation")
+    with pytest.raises(FileNotFoundError, match="no parquet file matches"):
+        load_image_dataset(str(tmp_path / "nothing-*.parquet"))
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="not a parquet file"):
+        load_image_dataset(str(tmp_path / "notes.txt"))
+
+
+def test_streaming_dataset_yields_renamed_columns():
+    stream = load_image_dataset("sample", "test", streaming=True)
+    first = next(iter(stream))
+    assert set(first) == {"image", "label"}
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16"])
+def test_every_mode_becomes_rgb(mode):
+    image = Image.new("RGB", (8, 8), (30, 120, 200)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    decoded = decode_image({"bytes": buffer.getvalue(), "path": None})
+    assert decoded.mode == "RGB" and decoded.size == (8, 8)
+
+
+def test_transparent_pixels_become_white():
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert decode_image(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def _dataset_with_bad_files():
+    good = _jpeg_bytes(_png((50, 100, 150), size=(40, 40)))
+    images = [
+        {"bytes": good, "path": "good0.jpg"},
+        {"bytes": good[: len(good) // 2], "path": "truncated.jpg"},
+        {"bytes": b"this is not an image", "path": "notes.txt"},
+        {"bytes": good, "path": "good1.jpg"},
+    ]
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 3]}, features=features)
+
+
+def test_bad_files_are_skipped_named_and_counted_in_pretraining(caplog):
+    views = TwoViewDataset(_dataset_with_bad_files(), two_view_transform("v2", 32, MEAN, STD), seed=0)
+    with caplog.at_level(logging.WARNING, logger="sslhub.data"):
+        batch = collate([views[i] for i in range(4)])
+    assert batch["query_pixel_values"].shape == (4, 3, 32, 32)  # batches keep their size
+    assert batch["num_skipped"].item() == 3  # index 1 passes over 2 bad files, index 2 over 1
+    assert "truncated.jpg" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_bad_files_are_dropped_in_evaluation(caplog):
+    images = ImageDataset(_dataset_with_bad_files(), eval_transform(32, MEAN, STD, crop_pct=1.0))
+    with caplog.at_level(logging.WARNING, logger="sslhub.data"):
+        batch = collate([images[i] for i in range(4)])
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert batch["label"].tolist() == [0, 3] and batch["num_skipped"].item() == 2
+
+
+def test_images_smaller_than_the_crop():
+    tiny = _png((1, 2, 3), size=(5, 3))
+    query, key = two_view_transform("v2", 32, MEAN, STD)(tiny, seed=1)
+    assert query.shape == key.shape == (3, 32, 32)
+    assert eval_transform(32, MEAN, STD)(tiny).shape == (3, 32, 32)
+
+
+def test_views_are_a_function_of_seed_epoch_and_index():
+    dataset = load_image_dataset("sample", "test[:8]")
+    views = TwoViewDataset(dataset, two_view_transform("v2", 32, MEAN, STD), seed=3)
+    first = views[5]
+    torch.manual_seed(123)  # the global RNG does not matter
+    again = views[5]
+    assert torch.equal(first["query_pixel_values"], again["query_pixel_values"])
+    assert not torch.equal(first["query_pixel_values"], first["key_pixel_values"])
+    views.set_epoch(1)
+    assert not torch.equal(first["query_pixel_values"], views[5]["query_pixel_values"])
+
+
+def _has(transform, name):
+    return name in repr(transform)
+
+
+def test_presets_follow_the_papers_and_the_resolution():
+    v1 = two_view_transform("v1", 224)
+    assert _has(v1.query_view, "ColorJitter") and not _has(v1.query_view, "GaussianBlur")
+    v2_large, v2_small = two_view_transform("v2", 224), two_view_transform("v2", 32)
+    assert _has(v2_large.query_view, "GaussianBlur") and not _has(v2_small.query_view, "GaussianBlur")
+    assert "scale=(0.2, 1.0)" in repr(v2_large.query_view)
+    v3 = two_view_transform("v3", 224)
+    assert v3.query_view is not v3.key_view
+    assert _has(v3.key_view, "RandomSolarize") and not _has(v3.query_view, "RandomSolarize")
+    assert "scale=(0.08, 1.0)" in repr(v3.query_view)
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        two_view_transform("simclr")

@@ -1,0 +1,155 @@
+"""Smoke runs of recipes/pretrain_moco.py: save, exact resume after a kill, NaN stop, the final folder."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "pretrain_moco.py"
+TINY = [
+    "--dataset",
+    "sample",
+    "--split",
+    "test[:256]",
+    "--backbone",
+    "test_resnet",
+    "--image_size",
+    "32",
+    "--queue_size",
+    "64",
+    "--batch_size",
+    "32",
+    "--num_workers",
+    "0",
+    "--log_steps",
+    "1",
+    "--learning_rate",
+    "0.1",
+    "--seed",
+    "7",
+]
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), *TINY, *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    first, second = load_file(a), load_file(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    steps = ["--max_steps", "20", "--save_steps", "4"]  # 8 steps per epoch: the run crosses two epochs
+    _run(*steps, "--output_dir", str(tmp_path / "straight"))
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, str(RECIPE), *TINY, *steps, "--output_dir", str(interrupted)],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (interrupted / "checkpoints" / "step_8").exists() and process.poll() is None:
+        assert time.time() < deadline, "the run never reached step 8"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (interrupted / "final").exists(), "the run finished before it could be killed"
+
+    result = _run(*steps, "--output_dir", str(interrupted), "--resume", "latest")
+    assert "resumed from" in result.stdout
+    _same_tensors(
+        tmp_path / "straight" / "checkpoints" / "step_20" / "model.safetensors",
+        interrupted / "checkpoints" / "step_20" / "model.safetensors",
+    )  # key encoder and queue too
+    _same_tensors(
+        tmp_path / "straight" / "final" / "model.safetensors", interrupted / "final" / "model.safetensors"
+    )
+
+
+def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
+    _run("--max_steps", "3", "--save_steps", "100", "--output_dir", str(tmp_path), "--save_total_limit", "1")
+    final = tmp_path / "final"
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+        p.name for p in final.iterdir()
+    }
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "logs").is_dir()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_3"]
+
+    from transformers import AutoImageProcessor, AutoModel
+
+    import sslhub  # noqa: F401
+
+    model = AutoModel.from_pretrained(final)
+    assert type(model).__name__ == "MoCoModel" and model.config.backbone == "test_resnet"
+    assert AutoImageProcessor.from_pretrained(final).crop_size == {"height": 32, "width": 32}
+    assert "accelerate launch" in (final / "README.md").read_text()
+
+
+def test_nan_loss_stops_the_run_without_saving_it(tmp_path):
+    result = _run(
+        "--max_steps",
+        "10",
+        "--save_steps",
+        "1",
+        "--learning_rate",
+        "1e30",
+        "--output_dir",
+        str(tmp_path),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "the loss became NaN or inf" in result.stderr
+    for checkpoint in (tmp_path / "checkpoints").iterdir():
+        assert not checkpoint.name.endswith(".tmp")
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point()), checkpoint
+    assert not (tmp_path / "final").exists()
+
+
+def test_unknown_setting_is_refused():
+    result = _run("--learning_rte", "0.1", check=False)
+    assert result.returncode != 0 and "did you mean --learning_rate" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "config", sorted((ROOT / "recipes" / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_shipped_configs_parse(config):
+    sys.path.insert(0, str(RECIPE.parent))
+    try:
+        from pretrain_moco import MoCoRecipeConfig
+
+        from sslhub.training import parse_config
+    finally:
+        sys.path.pop(0)
+    if "moco" not in config.stem and config.stem != "demo":
+        pytest.skip("not a MoCo config")
+    cfg = parse_config(MoCoRecipeConfig, ["--config", str(config)])
+    assert cfg.batch_size > 0 and cfg.output_dir
