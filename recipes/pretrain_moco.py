@@ -14,35 +14,24 @@ and the inference model with its image processor and model card to `output_dir/f
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from sslhub import MoCoConfig, MoCoForPreTraining
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.momentum import cosine_momentum
 from sslhub.training import (
-    KNNMonitor,
-    LoopState,
-    LossWatch,
-    Throughput,
     TrainingConfig,
+    TrainingRun,
     command_line,
-    cosine_lr,
     create_accelerator,
     create_optimizer,
     parse_config,
-    peak_memory_mb,
     pretraining_loader,
-    resolve_resume,
-    save_checkpoint,
+    report_final_folder,
     save_config,
     save_final_model,
-    scaled_lr,
-    set_loader_epoch,
-    set_lr,
 )
 
 
@@ -118,15 +107,6 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
     loader = pretraining_loader(
         cfg, accelerator, augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
     )
-    if cfg.streaming and cfg.max_steps is None:
-        raise SystemExit("error: a streamed dataset has no known length: set --max_steps")
-    steps_per_epoch = len(loader) // cfg.gradient_accumulation_steps if not cfg.streaming else cfg.max_steps
-    if steps_per_epoch == 0:
-        raise SystemExit(
-            f"error: fewer than {cfg.batch_size * cfg.gradient_accumulation_steps} images per "
-            "process: lower --batch_size"
-        )
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
 
     # Model: every process builds the same model (same seed), so query, key and queue start identical.
     model = build_model(cfg, cfg.batch_size * accelerator.num_processes)
@@ -138,124 +118,44 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
         model = model.to(memory_format=torch.channels_last)
     base_momentum = model.config.momentum
 
-    # Optimizer and pure schedules of the step: the schedule position is the step counter itself.
+    # Optimizer; learning rate and momentum are pure functions of the step (set inside the loop).
     optimizer = create_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    peak_lr = scaled_lr(cfg, accelerator)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
-    # Resume: weights, key encoder, queue, optimizer, RNG states and the loop position.
-    state = LoopState()
-    accelerator.register_for_checkpointing(state)
-    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        accelerator.print(f"resumed from {resume_from} at step {state.step}")
-    last_checkpoint = resume_from
-
-    monitor = None
-    if cfg.knn_steps:
-        monitor = KNNMonitor(cfg, accelerator, cfg.image_size, cfg.image_mean, cfg.image_std)
-        if state.step == 0:
-            state.metrics["knn_top1_random_init"] = monitor(unwrapped.query_encoder)
-            accelerator.print(
-                f"kNN top-1 before training (random init): {state.metrics['knn_top1_random_init']:.4f}"
+    # The loop: resume, schedules, logs, kNN monitor and checkpoints are the shared TrainingRun's job.
+    run = TrainingRun(
+        cfg,
+        accelerator,
+        model,
+        optimizer,
+        loader,
+        encoder=lambda: unwrapped.query_encoder,
+        image_size=cfg.image_size,
+        mean=cfg.image_mean,
+        std=cfg.image_std,
+        name="pretrain-moco",
+    )
+    for batch in run:
+        if run.first_micro_batch and cfg.final_momentum is not None:
+            unwrapped.momentum = cosine_momentum(run.step, run.total_steps, base_momentum, cfg.final_momentum)
+        query, key = batch["query_pixel_values"], batch["key_pixel_values"]
+        if cfg.channels_last:
+            query = query.contiguous(memory_format=torch.channels_last)
+            key = key.contiguous(memory_format=torch.channels_last)
+        with accelerator.accumulate(model):
+            # The key encoder moves once per optimizer step, before its keys are computed.
+            output = model(
+                query_pixel_values=query,
+                key_pixel_values=key,
+                update_key_encoder=run.first_micro_batch,
+                enqueue_keys=True,
             )
-
-    accelerator.init_trackers(
-        "pretrain_moco", config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
-    )
-    watch, throughput = LossWatch(accelerator.device), Throughput()
-    skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
-    progress = tqdm(
-        total=total_steps,
-        initial=state.step,
-        desc="pre-training",
-        dynamic_ncols=True,
-        disable=not accelerator.is_main_process,
-    )
-    started = time.perf_counter()
-    model.train()
-    while state.step < total_steps:
-        epoch = state.step // steps_per_epoch
-        set_loader_epoch(loader, epoch)
-        # Skip the batches this epoch already consumed (at the sampler level: nothing is decoded).
-        done_in_epoch = (state.step % steps_per_epoch) * cfg.gradient_accumulation_steps
-        batches = accelerator.skip_first_batches(loader, done_in_epoch) if done_in_epoch else loader
-        for micro_step, batch in enumerate(batches):
-            first_micro_batch = micro_step % cfg.gradient_accumulation_steps == 0
-            if first_micro_batch:
-                set_lr(optimizer, cosine_lr(state.step, total_steps, peak_lr, warmup_steps))
-                if cfg.final_momentum is not None:
-                    unwrapped.momentum = cosine_momentum(
-                        state.step, total_steps, base_momentum, cfg.final_momentum
-                    )
-            query, key = batch["query_pixel_values"], batch["key_pixel_values"]
-            if cfg.channels_last:
-                query = query.contiguous(memory_format=torch.channels_last)
-                key = key.contiguous(memory_format=torch.channels_last)
-            with accelerator.accumulate(model):
-                # The key encoder moves once per optimizer step, before its keys are computed.
-                output = model(
-                    query_pixel_values=query,
-                    key_pixel_values=key,
-                    update_key_encoder=first_micro_batch,
-                    enqueue_keys=True,
-                )
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            watch.update(output.loss)
-            skipped += batch["num_skipped"].to(skipped.device)
-            throughput.add(query.shape[0] * accelerator.num_processes)
-            if (micro_step + 1) % cfg.gradient_accumulation_steps:
-                continue
-
-            state.step += 1
-            progress.update(1)
-            at_end = state.step >= total_steps
-            if state.step % cfg.log_steps == 0 or at_end:
-                loss = watch.check(state.step, last_checkpoint)  # raises on NaN/inf, before any save
-                logs = {
-                    "train/loss": loss,
-                    "train/lr": optimizer.param_groups[0]["lr"],
-                    "train/momentum": unwrapped.momentum,
-                    "train/images_per_second": throughput.rate(),
-                    "train/epoch": state.step / steps_per_epoch,
-                }
-                accelerator.log(logs, step=state.step)
-                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['train/lr']:.3g}")
-            if monitor is not None and (state.step % cfg.knn_steps == 0 or at_end):
-                state.metrics["knn_top1"] = monitor(unwrapped.query_encoder)
-                accelerator.log({"monitor/knn_top1": state.metrics["knn_top1"]}, step=state.step)
-                model.train()
-            if state.step % cfg.save_steps == 0 or at_end:
-                watch.check(state.step, last_checkpoint)
-                state.skipped_images = int(accelerator.reduce(skipped, reduction="sum"))
-                last_checkpoint = save_checkpoint(
-                    accelerator, cfg.output_dir, state.step, cfg.save_total_limit
-                )
-            if at_end or state.step % steps_per_epoch == 0:
-                break
-    progress.close()
+            run.backward(output.loss)
+        run.log(momentum=unwrapped.momentum)
+    metrics = run.finish()
 
     # The inference model (query encoder) + image processor + model card, ready to push.
-    elapsed = time.perf_counter() - started
-    state.skipped_images = int(accelerator.reduce(skipped, reduction="sum"))
-    metrics = {
-        **state.metrics,
-        "steps": state.step,
-        "epochs": round(state.step / steps_per_epoch, 2),
-        "train_seconds": round(elapsed, 1),
-        "peak_memory_mb": round(peak_memory_mb(accelerator.device)),
-    }
-    if state.skipped_images:
-        accelerator.print(
-            f"warning: {state.skipped_images} unreadable images were skipped (see the log above)"
-        )
     if accelerator.is_main_process:
         final = save_final_model(
             unwrapped.query_encoder,
@@ -269,6 +169,7 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
                 training_summary=metrics,
             ),
         )
+        print(report_final_folder(final, metrics))
         if cfg.push_to_hub:
             from sslhub.hub import push_to_hub
 

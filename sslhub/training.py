@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from .data import (
     ImageDataset,
@@ -569,3 +570,210 @@ def save_final_model(model, output_dir: str | Path, card: dict[str, Any] | None 
 def command_line() -> str:
     """The command that started this process, for model cards."""
     return " ".join(["accelerate launch", *sys.argv]) if sys.argv else ""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop every recipe shares
+# ----------------------------------------------------------------------------------------------------------
+
+
+class TrainingRun:
+    """The bookkeeping of a recipe's loop; the recipe keeps its own forward pass.
+
+    Iterating yields the micro-batches of the run from where it stands (resuming mid-epoch at the
+    sampler level), after setting the learning rate of the step. Between two micro-batches it does the
+    rest: the optimizer step count, the loss check (NaN/inf stops the run), TensorBoard logs and the
+    progress bar, the kNN monitor, atomic checkpoints. A recipe reads top to bottom::
+
+        run = TrainingRun(cfg, accelerator, model, optimizer, loader, encoder=lambda: unwrapped.query_encoder)
+        for batch in run:
+            with accelerator.accumulate(model):
+                loss = model(...).loss
+                run.backward(loss)
+        metrics = run.finish()
+
+    Everything a checkpoint needs is registered with the Accelerator: model buffers (queues, key
+    encoders), optimizer, RNG states and the `LoopState` (step, metrics). Schedules are pure functions
+    of `run.step`.
+
+    Args:
+        cfg: the recipe config.
+        accelerator: from `create_accelerator`.
+        model, optimizer, loader: already passed through `accelerator.prepare` (a streaming loader not).
+        encoder: returns the inference encoder to monitor with kNN (and to save at the end).
+        image_size, mean, std: evaluation preprocessing of the kNN monitor.
+        name: the run's name in TensorBoard and the progress bar.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader,
+        *,
+        encoder=None,
+        image_size: int | None = None,
+        mean=None,
+        std=None,
+        name: str = "pre-training",
+    ) -> None:
+        self.cfg, self.accelerator, self.model, self.optimizer, self.loader = (
+            cfg,
+            accelerator,
+            model,
+            optimizer,
+            loader,
+        )
+        self.encoder = encoder
+        self.accumulation = cfg.gradient_accumulation_steps
+        if cfg.streaming and cfg.max_steps is None:
+            raise SystemExit("error: a streamed dataset has no known length: set --max_steps")
+        self.steps_per_epoch = cfg.max_steps if cfg.streaming else len(loader) // self.accumulation
+        if self.steps_per_epoch == 0:
+            raise SystemExit(
+                f"error: fewer than {cfg.batch_size * self.accumulation} images per process: "
+                "lower --batch_size"
+            )
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.peak_lr = scaled_lr(cfg, accelerator)
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.name = name
+
+        self.state = LoopState()
+        accelerator.register_for_checkpointing(self.state)
+        self.last_checkpoint = resolve_resume(cfg.resume, cfg.output_dir)
+        if self.last_checkpoint is not None:
+            accelerator.load_state(str(self.last_checkpoint))
+            accelerator.print(f"resumed from {self.last_checkpoint} at step {self.state.step}")
+
+        self.monitor = None
+        if cfg.knn_steps and encoder is not None:
+            self.monitor = KNNMonitor(cfg, accelerator, image_size, mean, std)
+            if self.state.step == 0:
+                self.state.metrics["knn_top1_random_init"] = self.monitor(encoder())
+                accelerator.print(
+                    f"kNN top-1 before training: {self.state.metrics['knn_top1_random_init']:.4f}"
+                )
+        accelerator.init_trackers(
+            name.replace("-", "_"),
+            config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
+        )
+        self.first_micro_batch = True
+        self._watch, self._throughput = LossWatch(accelerator.device), Throughput()
+        self._skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
+        self._extra_logs: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done so far: the position of every schedule."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        return self.state.step // self.steps_per_epoch
+
+    def log(self, **values: float) -> None:
+        """Extra scalars for the next log line (e.g. `momentum=...`); logged under `train/`."""
+        self._extra_logs.update(values)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping on the last micro-batch, optimizer step and zero_grad (inside `accumulate`)."""
+        self.accelerator.backward(loss)
+        if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._watch.update(loss)
+
+    def __iter__(self):
+        accelerator = self.accelerator
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.name,
+            dynamic_ncols=True,
+            disable=not accelerator.is_main_process,
+        )
+        self.model.train()
+        while self.step < self.total_steps:
+            set_loader_epoch(self.loader, self.epoch)
+            # Skip what this epoch already consumed, at the sampler level (nothing is decoded).
+            done = (self.step % self.steps_per_epoch) * self.accumulation
+            batches = accelerator.skip_first_batches(self.loader, done) if done else self.loader
+            for micro_step, batch in enumerate(batches):
+                self.first_micro_batch = micro_step % self.accumulation == 0
+                if self.first_micro_batch:
+                    set_lr(
+                        self.optimizer,
+                        cosine_lr(self.step, self.total_steps, self.peak_lr, self.warmup_steps),
+                    )
+                yield batch
+                self._skipped += batch["num_skipped"].to(self._skipped.device)
+                first = next(v for k, v in batch.items() if k.endswith("pixel_values"))
+                self._throughput.add(first.shape[0] * accelerator.num_processes)
+                if (micro_step + 1) % self.accumulation:
+                    continue
+                self.state.step += 1
+                progress.update(1)
+                self._after_step(progress)
+                if self.step >= self.total_steps or self.step % self.steps_per_epoch == 0:
+                    break
+        progress.close()
+
+    def _after_step(self, progress) -> None:
+        cfg, accelerator, step = self.cfg, self.accelerator, self.step
+        at_end = step >= self.total_steps
+        if step % cfg.log_steps == 0 or at_end:
+            loss = self._watch.check(step, self.last_checkpoint)  # raises on NaN/inf, before any save
+            logs = {
+                "train/loss": loss,
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/images_per_second": self._throughput.rate(),
+                "train/epoch": step / self.steps_per_epoch,
+                **{f"train/{k}": v for k, v in self._extra_logs.items()},
+            }
+            accelerator.log(logs, step=step)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{logs['train/lr']:.3g}")
+        if self.monitor is not None and (step % cfg.knn_steps == 0 or at_end):
+            self.state.metrics["knn_top1"] = self.monitor(self.encoder())
+            accelerator.log({"monitor/knn_top1": self.state.metrics["knn_top1"]}, step=step)
+            self.model.train()
+        if step % cfg.save_steps == 0 or at_end:
+            self._watch.check(step, self.last_checkpoint)
+            self.state.skipped_images = int(accelerator.reduce(self._skipped, reduction="sum"))
+            self.last_checkpoint = save_checkpoint(accelerator, cfg.output_dir, step, cfg.save_total_limit)
+
+    def finish(self) -> dict[str, float]:
+        """The run's metrics (kNN, steps, time, peak memory); warns about skipped images."""
+        skipped = int(self.accelerator.reduce(self._skipped, reduction="sum"))
+        if skipped:
+            self.accelerator.print(
+                f"warning: {skipped} unreadable images were skipped (named in the log above)"
+            )
+        return {
+            **self.state.metrics,
+            "steps": self.step,
+            "epochs": round(self.step / self.steps_per_epoch, 2),
+            "train_seconds": round(time.perf_counter() - self._started, 1),
+            "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
+            "skipped_images": skipped,
+        }
+
+
+def report_final_folder(final: Path, metrics: dict[str, float]) -> str:
+    """What a user needs after a run: the numbers, where the model is, how to load and push it."""
+    lines = []
+    if "knn_top1" in metrics:
+        before = metrics.get("knn_top1_random_init")
+        change = f"random init {before:.4f} -> " if before is not None else ""
+        lines.append(f"kNN top-1 on the held-out split: {change}trained {metrics['knn_top1']:.4f}")
+    lines += [
+        f"Saved the model, its image processor and model card to {final}",
+        f"  load it:  import sslhub; from transformers import AutoModel; AutoModel.from_pretrained('{final}')",
+        f"  embed:    sslhub embed {final} IMAGE_FOLDER --output embeddings.safetensors",
+        f"  push it:  sslhub push {final} --repo-id YOUR_NAME/{final.parent.name}",
+    ]
+    return "\n".join(lines)
