@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
+from sslhub.augment import BatchedTwoViewAugmentation
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.momentum import cosine_momentum
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
+    check_reload,
     command_line,
     create_accelerator,
     create_optimizer,
@@ -136,10 +138,19 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
         std=cfg.image_std,
         name="pretrain-moco",
     )
+    # With batched augmentation the loader gives uint8 images and the views are made here, on the device.
+    augment = None
+    if cfg.batched_augmentation:
+        augment = BatchedTwoViewAugmentation(
+            augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
+        )
     for batch in run:
         if run.first_micro_batch and cfg.final_momentum is not None:
             unwrapped.momentum = cosine_momentum(run.step, run.total_steps, base_momentum, cfg.final_momentum)
-        query, key = batch["query_pixel_values"], batch["key_pixel_values"]
+        if augment is not None:
+            query, key = augment(batch["pixel_values"], run.generator())
+        else:
+            query, key = batch["query_pixel_values"], batch["key_pixel_values"]
         if cfg.channels_last:
             query = query.contiguous(memory_format=torch.channels_last)
             key = key.contiguous(memory_format=torch.channels_last)
@@ -169,6 +180,7 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
                 training_summary=metrics,
             ),
         )
+        print(check_reload(final, unwrapped.query_encoder, cfg.image_size))
         print(report_final_folder(final, metrics))
         if cfg.push_to_hub:
             from sslhub.hub import push_to_hub

@@ -3,8 +3,9 @@
 - `load_image_dataset`: a Hub id, a local image folder, parquet files, a saved dataset or the embedded
   `sample`, optionally streamed, with its image and label columns found (or named) and renamed to
   `image` / `label`.
-- `two_view_transform` / `eval_transform`: the MoCo v1/v2/v3 augmentation presets and the evaluation
-  preprocessing, on torchvision transforms v2.
+- `two_view_transform` / `crop_flip_transform` / `eval_transform`: the MoCo v1/v2/v3 augmentation presets,
+  the single geometry-only view of colorization and the evaluation preprocessing, on torchvision
+  transforms v2.
 - `TwoViewDataset` / `ImageDataset` + `collate`: decode robustly (bad files are
   skipped with a warning that names them and counted), convert every mode to RGB, and draw augmentation
   randomness from seeds derived from (run seed, epoch, sample index), so that a resumed run sees exactly
@@ -316,6 +317,34 @@ def two_view_transform(
     return TwoViewTransform(view, view)
 
 
+@dataclass
+class OneViewTransform:
+    """One augmented view of an image, seeded like `TwoViewTransform` (a pure function of (image, seed))."""
+
+    view: Callable
+
+    def __call__(self, image: Image.Image, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.view(image)
+
+
+def crop_flip_transform(
+    image_size: int = 224,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    min_scale: float | None = None,
+) -> OneViewTransform:
+    """One view with geometric augmentation only: RandomResizedCrop(scale `min_scale`-1, default 0.2), flip.
+
+    For pretext tasks whose target is the image's colour (colorization): colour jitter or grayscale
+    would corrupt the target.
+    """
+    scale = (0.2 if min_scale is None else min_scale, 1.0)
+    crop = v2.RandomResizedCrop(image_size, scale=scale, antialias=True)
+    return OneViewTransform(v2.Compose([crop, v2.RandomHorizontalFlip(), *_to_normalized_tensor(mean, std)]))
+
+
 def eval_transform(
     image_size: int = 224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct: float = 0.875
 ) -> v2.Compose:
@@ -331,6 +360,14 @@ def eval_transform(
             *_to_normalized_tensor(mean, std),
         ]
     )
+
+
+def _view_item(views: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Name a transform's output: one view is `pixel_values`, two are the query and key views."""
+    if isinstance(views, torch.Tensor):
+        return {"pixel_values": views}
+    query, key = views
+    return {"query_pixel_values": query, "key_pixel_values": key}
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -350,10 +387,12 @@ class TwoViewDataset(Dataset):
     dataset has labels). An unreadable image is skipped with a warning that names it and replaced by the
     next readable one, so batches keep their size (every process must gather equal-sized key batches);
     `num_skipped` counts the files passed over. Call `set_epoch` before each epoch: augmentation seeds
-    depend on (seed, epoch, index).
+    depend on (seed, epoch, index). With a `OneViewTransform` the item holds one view, `pixel_values`.
     """
 
-    def __init__(self, dataset: datasets.Dataset, transform: TwoViewTransform, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: datasets.Dataset, transform: TwoViewTransform | OneViewTransform, seed: int = 0
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
@@ -367,17 +406,57 @@ class TwoViewDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for skipped in range(min(len(self), 1000)):
-            row = self.dataset[(int(index) + skipped) % len(self)]
-            image = _try_decode(row["image"], (int(index) + skipped) % len(self))
-            if image is not None:
-                break
+        image, row, skipped = read_readable(self.dataset, index)
+        views = self.transform(image, sample_seed(self.seed, self.epoch, index))
+        if isinstance(views, torch.Tensor):  # OneViewTransform
+            item = {"pixel_values": views, "index": index, "num_skipped": skipped}
         else:
-            raise RuntimeError(
-                f"1000 consecutive unreadable images from index {index}: is this an image dataset?"
-            )
-        query, key = self.transform(image, sample_seed(self.seed, self.epoch, index))
-        item = {"query_pixel_values": query, "key_pixel_values": key, "index": index, "num_skipped": skipped}
+            item = {"query_pixel_values": views[0], "key_pixel_values": views[1], "index": index,
+                    "num_skipped": skipped}
+        if self.has_labels:
+            item["label"] = row["label"]
+        return item
+
+
+def read_readable(
+    dataset: datasets.Dataset, index: int, max_skips: int = 1000
+) -> tuple[Image.Image, dict, int]:
+    """The image at `index`, or if it is unreadable (warned about) the next readable one.
+
+    Returns:
+        `(rgb_image, row, number_of_unreadable_files_passed_over)`.
+    """
+    for skipped in range(min(len(dataset), max_skips)):
+        position = (int(index) + skipped) % len(dataset)
+        row = dataset[position]
+        image = _try_decode(row["image"], position)
+        if image is not None:
+            return image, row, skipped
+    raise RuntimeError(
+        f"{max_skips} consecutive unreadable images from index {index}: is this an image dataset?"
+    )
+
+
+class UInt8ImageDataset(Dataset):
+    """Equal-sized uint8 images `{"pixel_values" (3, S, S) uint8, "index", "num_skipped"}` for augmentation
+    on the training device (`augment.BatchedTwoViewAugmentation`).
+
+    Each image is resized (shorter side to `size`) and centre-cropped to `size x size`, a no-op for
+    datasets whose images already have that size (CIFAR at 32). Unreadable files are replaced by the
+    next readable one, as in `TwoViewDataset`.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, size: int) -> None:
+        self.dataset = dataset
+        self.transform = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+        self.has_labels = "label" in dataset.column_names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, row, skipped = read_readable(self.dataset, index)
+        item = {"pixel_values": self.transform(image), "index": index, "num_skipped": skipped}
         if self.has_labels:
             item["label"] = row["label"]
         return item
@@ -410,10 +489,12 @@ class StreamingTwoViewDataset(IterableDataset):
 
     Shard it across processes with `datasets.distributed.split_dataset_by_node` *instead of*
     `accelerator.prepare` on its DataLoader (doing both loses data). Augmentation seeds use the
-    position of the sample in this process's stream.
+    position of the sample in this process's stream. With a `OneViewTransform` items hold `pixel_values`.
     """
 
-    def __init__(self, dataset: datasets.IterableDataset, transform: TwoViewTransform, seed: int = 0) -> None:
+    def __init__(
+        self, dataset: datasets.IterableDataset, transform: TwoViewTransform | OneViewTransform, seed: int = 0
+    ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
@@ -430,13 +511,8 @@ class StreamingTwoViewDataset(IterableDataset):
             if image is None:
                 skipped += 1  # counted with the next readable sample
                 continue
-            query, key = self.transform(image, sample_seed(self.seed, self.epoch, index))
-            item = {
-                "query_pixel_values": query,
-                "key_pixel_values": key,
-                "index": index,
-                "num_skipped": skipped,
-            }
+            views = self.transform(image, sample_seed(self.seed, self.epoch, index))
+            item = {**_view_item(views), "index": index, "num_skipped": skipped}
             skipped = 0
             if "label" in row:
                 item["label"] = row["label"]

@@ -32,9 +32,12 @@ from tqdm.auto import tqdm
 from .data import (
     ImageDataset,
     TwoViewDataset,
+    UInt8ImageDataset,
     collate,
+    crop_flip_transform,
     eval_transform,
     load_image_dataset,
+    sample_seed,
     two_view_transform,
 )
 from .evaluation import extract_features, knn_accuracy
@@ -65,6 +68,7 @@ class TrainingConfig:
     label_column: str | None = None
     streaming: bool = False  # stream datasets that do not fit on disk (sharded across processes)
     num_workers: int = 2
+    batched_augmentation: bool = False  # augment whole batches on the training device (equal-sized images)
     # kNN monitor on a labelled held-out split (0 disables it)
     knn_steps: int = 0  # evaluate every N optimizer steps (also before training and at the end)
     knn_eval_dataset: str | None = None  # defaults to `dataset`
@@ -134,6 +138,8 @@ def _convert(name: str, value: Any, annotation: Any) -> Any:
                 pass
         raise ValueError(f"--{name} expects a number, got {value!r}")
     if annotation is str:
+        if isinstance(value, bool):  # YAML 1.1 reads no/yes/off/on as booleans
+            raise ValueError(f"--{name} expects a string, got {value!r}: quote the value in the YAML file")
         return str(value)
     if list in (annotation, origin) and isinstance(value, (list, tuple)):
         return list(value)
@@ -186,7 +192,9 @@ def parse_config(cls: type, argv: list[str] | None = None):
             raw = argv.pop(0)
         else:
             raw = "true"  # a bare flag switches a boolean on
-        overrides[name] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        # `--mixed_precision no` means the string "no", not YAML 1.1's boolean.
+        overrides[name] = raw if isinstance(value, bool) and raw.lower() not in ("true", "false") else value
     _check_known(cls, list(overrides), "the command line")
     values.update(overrides)
     types = _field_types(cls)
@@ -256,7 +264,11 @@ def pretraining_loader(
     std,
     min_scale: float | None = None,
 ) -> DataLoader:
-    """The two-view DataLoader of a pre-training run, prepared by (and sharded across) the Accelerator."""
+    """The DataLoader of a pre-training run, prepared by (and sharded across) the Accelerator.
+
+    `augmentation` is a MoCo preset (`"v1"`, `"v2"`, `"v3"`: two views per image) or `"crop_flip"`
+    (one geometry-only view, `pixel_values`, for colorization).
+    """
     with accelerator.main_process_first():  # the first process prepares the dataset cache
         dataset = load_image_dataset(
             cfg.dataset,
@@ -265,7 +277,26 @@ def pretraining_loader(
             label_column=cfg.label_column,
             streaming=cfg.streaming,
         )
-    transform = two_view_transform(augmentation, image_size, mean, std, min_scale=min_scale)
+    if cfg.batched_augmentation:
+        if cfg.streaming or augmentation not in ("v1", "v2", "v3"):
+            raise SystemExit(
+                "error: batched_augmentation needs a map-style dataset and a MoCo preset (v1/v2/v3)"
+            )
+        images = UInt8ImageDataset(dataset, image_size)
+        loader = DataLoader(
+            images,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=False,
+        )
+        return accelerator.prepare(loader)
+    if augmentation == "crop_flip":
+        transform = crop_flip_transform(image_size, mean, std, min_scale=min_scale)
+    else:
+        transform = two_view_transform(augmentation, image_size, mean, std, min_scale=min_scale)
     if cfg.streaming:
         from datasets.distributed import split_dataset_by_node
 
@@ -661,6 +692,7 @@ class TrainingRun:
             config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))},
         )
         self.first_micro_batch = True
+        self.batch_in_epoch = 0
         self._watch, self._throughput = LossWatch(accelerator.device), Throughput()
         self._skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
         self._extra_logs: dict[str, float] = {}
@@ -674,6 +706,16 @@ class TrainingRun:
     @property
     def epoch(self) -> int:
         return self.state.step // self.steps_per_epoch
+
+    def generator(self) -> torch.Generator:
+        """A generator for this micro-batch's random augmentation, seeded from (seed, epoch, batch, process).
+
+        A resumed run draws exactly the numbers an uninterrupted run drew.
+        """
+        index = self.batch_in_epoch * self.accelerator.num_processes + self.accelerator.process_index
+        return torch.Generator(self.accelerator.device).manual_seed(
+            sample_seed(self.cfg.seed, self.epoch, index)
+        )
 
     def log(self, **values: float) -> None:
         """Extra scalars for the next log line (e.g. `momentum=...`); logged under `train/`."""
@@ -704,6 +746,7 @@ class TrainingRun:
             done = (self.step % self.steps_per_epoch) * self.accumulation
             batches = accelerator.skip_first_batches(self.loader, done) if done else self.loader
             for micro_step, batch in enumerate(batches):
+                self.batch_in_epoch = done + micro_step
                 self.first_micro_batch = micro_step % self.accumulation == 0
                 if self.first_micro_batch:
                     set_lr(
@@ -777,3 +820,24 @@ def report_final_folder(final: Path, metrics: dict[str, float]) -> str:
         f"  push it:  sslhub push {final} --repo-id YOUR_NAME/{final.parent.name}",
     ]
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def check_reload(final: Path, model: nn.Module, image_size: int) -> str:
+    """Load `final` back with `AutoModel.from_pretrained` and compare its embedding with the in-memory model."""
+    from transformers import AutoModel
+
+    reloaded = AutoModel.from_pretrained(final).eval()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    expected = model(probe.to(device)).pooler_output.float().cpu()
+    got = reloaded(probe).pooler_output.float()
+    model.train(was_training)
+    difference = (expected - got).abs().max().item()
+    if difference > 1e-4:
+        raise RuntimeError(
+            f"the saved model in {final} does not reproduce the trained one (max diff {difference})"
+        )
+    return f"Reloaded with AutoModel.from_pretrained: {type(reloaded).__name__}, same embeddings (max diff {difference:.1e})"

@@ -62,8 +62,11 @@ def _same_tensors(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+@pytest.mark.parametrize("augmentation", ["per-image", "batched"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentation):
     steps = ["--max_steps", "20", "--save_steps", "4"]  # 8 steps per epoch: the run crosses two epochs
+    if augmentation == "batched":
+        steps += ["--batched_augmentation", "true"]
     _run(*steps, "--output_dir", str(tmp_path / "straight"))
 
     interrupted = tmp_path / "interrupted"
