@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow lint format clean
+.PHONY: demo test test-slow lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+demo: $(STAMP)  ## MoCo v2 on the shipped CIFAR-10 sample: kNN before/after, Hub-ready folder in outputs/demo/final
+	HF_HUB_OFFLINE=1 $(BIN)/python recipes/pretrain_moco.py --config recipes/configs/demo.yaml
 
 test: $(STAMP)  ## the default test suite (CPU, offline, a few minutes)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not hub"

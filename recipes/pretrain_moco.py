@@ -59,9 +59,8 @@ class MoCoRecipeConfig(TrainingConfig):
     projection_dim: int | None = None
     projector_hidden_size: int | None = None
     predictor_hidden_size: int | None = None
-    freeze_patch_embed: bool = (
-        False  # ViTs: keep the patch embedding at its random init (MoCo v3 stability trick)
-    )
+    # ViTs: keep the patch embedding at its random init (the MoCo v3 stability trick)
+    freeze_patch_embed: bool = False
 
 
 MODEL_FIELDS = (
@@ -73,11 +72,6 @@ MODEL_FIELDS = (
     "projector_hidden_size",
     "predictor_hidden_size",
 )
-PAPERS = {
-    "v1": "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020",
-    "v2": "Chen et al., Improved Baselines with Momentum Contrastive Learning, arXiv:2003.04297",
-    "v3": "Chen, Xie, He, An Empirical Study of Training Self-Supervised Vision Transformers, ICCV 2021",
-}
 
 
 def build_model(cfg: MoCoRecipeConfig, global_batch: int) -> MoCoForPreTraining:
@@ -173,8 +167,8 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
             cfg.output_dir,
             card=dict(
                 model_name=os.path.basename(os.path.normpath(cfg.output_dir)),
-                family="moco",
-                paper=PAPERS[cfg.version],
+                family=f"MoCo {cfg.version}",
+                paper=f"moco-{cfg.version}",  # a key of sslhub.hub.PAPERS
                 datasets=[cfg.dataset],
                 reproduce_command=command_line(),
                 training_summary=metrics,

@@ -37,7 +37,8 @@ from .modeling_moco import MoCoModel
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[1] / "model_cards" / "TEMPLATE.md"
+# Shipped inside the package (wheels too); `model_cards/TEMPLATE.md` in the repository links to it.
+TEMPLATE_PATH = Path(__file__).resolve().parent / "templates" / "model_card.md"
 REPO_ID_PLACEHOLDER = "<org>/<model-name>"
 """Written into a card whose Hub id is not known yet; `push_to_hub` replaces it with the real id."""
 
@@ -297,7 +298,9 @@ def _eval_table(results: Sequence[EvalResult]) -> str:
     for r in results:
         value = r.metric_value
         shown = f"{100 * value:.2f}%" if r.metric_type == "accuracy" else f"{value:.4g}"
-        dataset = f"[{r.dataset_name}](https://huggingface.co/datasets/{r.dataset_type})"
+        dataset = r.dataset_name
+        if "/" in r.dataset_type:  # a Hub id
+            dataset = f"[{r.dataset_name}](https://huggingface.co/datasets/{r.dataset_type})"
         rows.append(f"| {dataset} | {r.dataset_split or ''} | {r.metric_name or r.metric_type} | {shown} |")
     return "\n".join(rows)
 

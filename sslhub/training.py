@@ -589,11 +589,12 @@ def save_final_model(model, output_dir: str | Path, card: dict[str, Any] | None 
         output_dir: the run's output folder.
         card: keyword arguments for `sslhub.hub.write_model_card` (model name, paper, metrics, command).
     """
+    from .hub import add_remote_code, write_model_card
+
     final = Path(output_dir) / "final"
     model.save_pretrained(final)
+    add_remote_code(final)  # loads with trust_remote_code=True where sslhub is not installed
     if card is not None:
-        from .hub import write_model_card
-
         write_model_card(final, **card)
     return final
 

@@ -1,0 +1,305 @@
+"""The `sslhub` command: convert checkpoints, write cards, push to the Hub, embed images, inspect models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+_EXAMPLES = {
+    "convert": """examples:
+  sslhub convert moco_v2_800ep_pretrain.pth.tar moco-v2-r50
+  sslhub convert r-50-300ep.pth.tar moco-v3-r50 --arch resnet50
+  sslhub convert vit-s-300ep.pth.tar moco-v3-vit-s --arch vit_small
+  sslhub convert ckpt.pth.tar out --backbone test_vit --backbone-kwargs '{"img_size": 32, "patch_size": 8}'
+
+Reads official MoCo v1/v2 (`module.encoder_q.*`, `fc` or `fc.0/fc.2` head) and MoCo v3
+(`module.base_encoder.*`, ResNet or ViT) checkpoints, with or without `module.`, using
+torch.load(weights_only=True). Writes a MoCoModel folder with its image processor, remote code and card.""",
+    "push": """examples:
+  sslhub push outputs/moco-v2-cifar10 --repo-id my-org/moco-v2-resnet18-cifar10 --dry-run
+  sslhub push outputs/moco-v2-cifar10 --repo-id my-org/moco-v2-resnet18-cifar10 --include-timm
+  HF_ENDPOINT=https://hub.example.com sslhub push FOLDER --repo-id org/name --private
+
+Uploads safetensors weights (never .bin/.pt), config, image processor, model card and the modeling code
+(so `trust_remote_code=True` works without sslhub). Needs a token: `hf auth login` or HF_TOKEN.""",
+    "card": """examples:
+  sslhub card outputs/moco --name moco-v2-resnet18-cifar10 --family "MoCo v2" --paper moco-v2 \\
+      --dataset uoft-cs/cifar10 --reproduce "make demo" --results results.json
+  sslhub card outputs/moco --results results.json          # merge results into the existing card
+  sslhub card outputs/moco --name my-model --copy-to model_cards/my-model.md   # rewrite, keeping results
+
+results.json holds a list of {task_type, dataset_name, dataset_type, dataset_split, metric_type,
+metric_name, metric_value (accuracy as a fraction in [0, 1])}.""",
+    "embed": """examples:
+  sslhub embed my-org/moco-v2-resnet18-cifar10 photos/ --output photos.safetensors
+  sslhub embed outputs/moco photos/ -o photos.npz --batch-size 64 --output-key projection
+
+Reads images recursively (jpg, png, webp, ...), skipping unreadable files with a warning. The
+.safetensors file holds the tensor `embeddings` (N, D) and the metadata `files` (JSON list, same order);
+the .npz file holds the arrays `embeddings` and `files`.""",
+    "info": """examples:
+  sslhub info outputs/moco
+  sslhub info my-org/moco-v2-resnet18-cifar10      # from the Hub, or the cache with HF_HUB_OFFLINE=1
+  sslhub info outputs/moco --json""",
+    "export-timm": """examples:
+  sslhub export-timm outputs/moco outputs/moco-timm
+  python -c 'import timm; timm.create_model("local-dir:outputs/moco-timm", pretrained=True)'
+
+Writes the backbone in timm's Hub format (config.json with architecture and pretrained_cfg,
+model.safetensors, README.md). Small-input (CIFAR) stems cannot be exported: timm cannot rebuild them.""",
+}
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .hub import convert_checkpoint
+
+    kwargs = json.loads(args.backbone_kwargs) if args.backbone_kwargs else None
+    out = convert_checkpoint(
+        args.checkpoint,
+        args.output_dir,
+        arch=args.arch,
+        backbone=args.backbone,
+        backbone_kwargs=kwargs,
+        image_size=args.image_size,
+        model_name=args.name,
+    )
+    print(f"wrote {out} (MoCoModel, image processor, remote code, README.md)")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import hub_endpoint, push_to_hub
+
+    plan = push_to_hub(
+        args.folder,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        include_timm=args.include_timm,
+        timm_repo_id=args.timm_repo_id,
+        dry_run=args.dry_run,
+        commit_message=args.message,
+    )
+    skipped = plan.pop("skipped")
+    verb = "would upload" if args.dry_run else "uploaded"
+    for repo_id, files in plan.items():
+        print(f"{verb} to {hub_endpoint()}/{repo_id}:")
+        for name in files:
+            print(f"  {name}")
+    for line in skipped:
+        print(f"skipped {line}")
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from huggingface_hub import ModelCard
+
+    from .hub import merge_eval_results, update_card_eval_results, write_model_card
+
+    folder = Path(args.folder)
+    results = json.loads(Path(args.results).read_text()) if args.results else []
+    if args.name or not (folder / "README.md").is_file():
+        if (folder / "README.md").is_file():  # rewriting keeps the results already in the card
+            old = ModelCard.load(folder / "README.md").data.eval_results or []
+            results = merge_eval_results(old, results)
+        if not (args.name and args.family):
+            raise ValueError("a new card needs --name and --family (and usually --paper)")
+        training = json.loads(Path(args.training_summary).read_text()) if args.training_summary else None
+        write_model_card(
+            folder,
+            model_name=args.name,
+            family=args.family,
+            paper=args.paper,
+            base_model=args.base_model,
+            datasets=args.dataset,
+            reproduce_command=args.reproduce,
+            training_summary=training,
+            eval_results=results,
+            limitations=args.limitations,
+            license=args.license,
+            repo_id=args.repo_id,
+        )
+    elif results:
+        update_card_eval_results(folder, results)
+    else:
+        raise ValueError(
+            f"{folder / 'README.md'} exists: pass --results to merge, or --name ... to rewrite it"
+        )
+    if args.copy_to:
+        Path(args.copy_to).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.copy_to).write_text((folder / "README.md").read_text())
+    print(f"wrote {folder / 'README.md'}" + (f" and {args.copy_to}" if args.copy_to else ""))
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .hub import embed_images
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        embeddings, files = embed_images(
+            args.model,
+            args.images,
+            args.output,
+            batch_size=args.batch_size,
+            output_key=args.output_key,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    print(f"wrote {args.output}: {embeddings.shape[0]} embeddings of size {embeddings.shape[1]}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .hub import describe_model
+
+    info = describe_model(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    labels = [
+        ("format", "format"),
+        ("model type", "model_type"),
+        ("family", "family"),
+        ("version", "version"),
+        ("class", "model_class"),
+        ("backbone", "backbone"),
+        ("backbone kwargs", "backbone_kwargs"),
+        ("small-input stem", "small_input_stem"),
+        ("parameters", "num_parameters"),
+        ("embedding size", "embedding_size"),
+        ("outputs", "outputs"),
+        ("image size", "image_size"),
+        ("crop pct", "crop_pct"),
+        ("mean", "image_mean"),
+        ("std", "image_std"),
+        ("remote code", "remote_code"),
+        ("path", "path"),
+    ]
+    for label, key in labels:
+        if info.get(key) is not None:
+            value = f"{info[key]:,}" if key == "num_parameters" else info[key]
+            print(f"{label + ':':18}{value}")
+    print("files:")
+    for name in info["files"]:
+        print(f"  {name}")
+    results = info.get("eval_results")
+    if results:
+        print("evaluation results:")
+        for r in results:
+            split = f" [{r['dataset_split']}]" if r.get("dataset_split") else ""
+            print(f"  {r['dataset_name']}{split} {r['metric_name'] or r['metric_type']}: {r['metric_value']}")
+    return 0
+
+
+def _export_timm(args: argparse.Namespace) -> int:
+    from .hub import export_timm
+
+    out = export_timm(args.model, args.output_dir, license=args.license, source_repo_id=args.source_repo_id)
+    print(f"wrote {out}: load with timm.create_model('local-dir:{out}', pretrained=True)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `sslhub` command (one subparser per subcommand)."""
+    parser = argparse.ArgumentParser(
+        prog="sslhub",
+        description="Self-supervised vision models on the Hugging Face Hub: convert, card, push, embed, info.",
+        epilog="Run `sslhub COMMAND --help` for the options and examples of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=_EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add(
+        "convert", "Convert an official MoCo v1/v2/v3 checkpoint into an sslhub model folder with a card."
+    )
+    p.add_argument("checkpoint", help="the .pth.tar checkpoint (or a .safetensors state dict)")
+    p.add_argument("output_dir", help="the sslhub folder to write")
+    p.add_argument("--arch", help="override the checkpoint's `arch` (resnet50, vit_small, ...)")
+    p.add_argument("--backbone", help="timm model name to use instead of the derived one")
+    p.add_argument("--backbone-kwargs", help="JSON of extra timm.create_model arguments")
+    p.add_argument(
+        "--image-size", type=int, help="input size of the image processor (default 224, 32 for CIFAR stems)"
+    )
+    p.add_argument("--name", help="model name in the card (default: the output folder name)")
+    p.set_defaults(func=_convert)
+
+    p = add("push", "Publish a saved model folder to the Hugging Face Hub.")
+    p.add_argument("folder", help="the model folder (save_pretrained output)")
+    p.add_argument("--repo-id", required=True, help="org/name of the model repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--token", help="a write token (default: `hf auth login` or HF_TOKEN)")
+    p.add_argument("--include-timm", action="store_true", help="also publish the backbone in timm's format")
+    p.add_argument("--timm-repo-id", help="repository of the timm backbone (default: REPO_ID-timm)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be uploaded")
+    p.add_argument("-m", "--message", default="Upload sslhub model", help="commit message")
+    p.set_defaults(func=_push)
+
+    p = add("card", "Write a model folder's card (README.md) or merge evaluation results into it.")
+    p.add_argument("folder", help="the model folder")
+    p.add_argument("--name", help="model name (title and model-index name)")
+    p.add_argument("--family", help='the method, e.g. "MoCo v2"')
+    p.add_argument("--paper", help="moco-v1, moco-v2, moco-v3, seed, compress, colorization, or a citation")
+    p.add_argument("--base-model", help="Hub id of the teacher (distilled students)")
+    p.add_argument("--dataset", action="append", default=[], help="Hub id of a training dataset (repeatable)")
+    p.add_argument("--reproduce", help="the command that reproduces the model")
+    p.add_argument("--training-summary", help="JSON file of training settings shown in a table")
+    p.add_argument("--results", help="JSON file with a list of evaluation results")
+    p.add_argument("--limitations", help="the limitations paragraph")
+    p.add_argument("--license", default="apache-2.0", help="license id (default apache-2.0)")
+    p.add_argument("--repo-id", help="Hub id used in the loading examples (filled in at push otherwise)")
+    p.add_argument("--copy-to", help="also copy the card there (e.g. model_cards/NAME.md)")
+    p.set_defaults(func=_card)
+
+    p = add("embed", "Embed a folder of images into a .safetensors or .npz file.")
+    p.add_argument("model", help="model folder or Hub id")
+    p.add_argument("images", help="folder of images (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output file: .safetensors or .npz")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--output-key", default="pooler_output", help="model output to save (pooler_output, projection)"
+    )
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_embed)
+
+    p = add("info", "Show what a model folder or Hub id contains.")
+    p.add_argument("model", help="model folder or Hub id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
+
+    p = add("export-timm", "Write a model's backbone in timm's Hub format.")
+    p.add_argument("model", help="model folder or Hub id")
+    p.add_argument("output_dir", help="the timm folder to write")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--source-repo-id", help="Hub id of the full sslhub model, linked from the card")
+    p.set_defaults(func=_export_timm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `sslhub` command; returns the exit status (1 with a one-line message on a user error)."""
+    args = build_parser().parse_args(argv)
+    from .hub import CheckpointError, HubError
+
+    try:
+        return args.func(args)
+    except (HubError, CheckpointError, ValueError, FileNotFoundError) as error:
+        print(f"sslhub {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

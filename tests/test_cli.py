@@ -1,0 +1,174 @@
+"""The `sslhub` command, run in-process through `sslhub.cli.main` (and once through the entry point)."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from transformers import AutoImageProcessor
+
+from sslhub import MoCoModel, hub
+from sslhub.cli import main
+
+from .helpers import tiny_moco_v2
+
+COMMANDS = ("convert", "push", "card", "embed", "info", "export-timm")
+RESULT = dict(
+    task_type="image-classification",
+    dataset_name="CIFAR-10",
+    dataset_type="uoft-cs/cifar10",
+    dataset_split="test",
+    metric_type="accuracy",
+    metric_name="linear probe top-1",
+    metric_value=0.61,
+)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "tiny-moco"
+    MoCoModel(tiny_moco_v2()).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: sslhub {command}" in out and "examples:" in out and f"sslhub {command} " in out
+
+
+def test_entry_point_is_declared():
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="sslhub")
+    assert script.value == "sslhub.cli:main" and script.load() is main
+
+
+def test_embed_a_folder_of_images(model_folder, tmp_path):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["a.png", "b.jpg", "sub/c.png", "sub/d.webp", "e.JPEG"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(images / name)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    (images / "notes.txt").write_text("ignored")
+    output = tmp_path / "emb.safetensors"
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert (
+            main(["embed", str(model_folder), str(images), "-o", str(output), "--batch-size", "2", "-q"]) == 0
+        )
+    embeddings, files = hub.load_embeddings(output)
+    assert sorted(files) == sorted(names) and embeddings.shape == (5, 96)
+
+    model = MoCoModel.from_pretrained(model_folder).eval()
+    processor = AutoImageProcessor.from_pretrained(model_folder)
+    index = files.index("sub/c.png")
+    with torch.no_grad():
+        expected = model(
+            **processor(images=Image.open(images / "sub/c.png"), return_tensors="pt")
+        ).pooler_output
+    torch.testing.assert_close(embeddings[index], expected[0], rtol=1e-4, atol=1e-5)
+
+    npz = tmp_path / "emb.npz"
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        main(["embed", str(model_folder), str(images), "-o", str(npz), "--output-key", "projection", "-q"])
+    projections, npz_files = hub.load_embeddings(npz)
+    assert npz_files == files and projections.shape == (5, 16)
+
+
+def test_embed_rejects_an_empty_folder(model_folder, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(["embed", str(model_folder), str(tmp_path / "empty"), "-o", str(tmp_path / "e.safetensors")])
+        == 1
+    )
+    assert "no images" in capsys.readouterr().err
+
+
+def test_card_then_info(model_folder, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([RESULT]))
+    copy = tmp_path / "model_cards" / "tiny-moco.md"
+    args = ["card", str(folder), "--name", "tiny-moco", "--family", "MoCo v2", "--paper", "moco-v2"]
+    args += ["--dataset", "uoft-cs/cifar10", "--reproduce", "make demo", "--results", str(results)]
+    assert main([*args, "--copy-to", str(copy)]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.datasets == ["uoft-cs/cifar10"] and "make demo" in card.text
+    assert copy.read_text() == (folder / "README.md").read_text()
+
+    results.write_text(json.dumps([{**RESULT, "metric_value": 0.65}]))
+    assert main(["card", str(folder), "--results", str(results)]) == 0
+    assert ModelCard.load(folder / "README.md").data.eval_results[0].metric_value == 0.65
+    assert main(["card", str(folder), "--name", "renamed", "--family", "MoCo v2"]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "renamed" and card.data.eval_results[0].metric_value == 0.65
+    capsys.readouterr()
+
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("MoCoModel", "sslhub_moco", "test_resnet", "model.safetensors"):
+        assert expected in out
+    assert re.search(r"embedding size:\s+96\n", out)
+    assert "CIFAR-10 [test] linear probe top-1: 0.65" in out
+    assert main(["info", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_parameters"] == sum(p.numel() for p in MoCoModel(tiny_moco_v2()).parameters())
+
+
+def test_card_without_name_for_a_new_card_is_an_error(model_folder, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    assert main(["card", str(folder)]) == 1
+    assert "--name and --family" in capsys.readouterr().err
+
+
+def test_push_dry_run_and_offline_failure(model_folder, capsys):
+    assert main(["push", str(model_folder), "--repo-id", "me/tiny", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would upload to" in out and "me/tiny:" in out and "model.safetensors" in out
+    assert "modeling_moco.py" in out
+    assert main(["push", str(model_folder), "--repo-id", "me/tiny"]) == 1  # the suite runs offline
+    assert "unset HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+def test_export_timm_refuses_small_stem_and_convert_reports_bad_files(tmp_path, capsys):
+    folder = tmp_path / "cifar"
+    MoCoModel(tiny_moco_v2(backbone="resnet18", small_input_stem=True)).save_pretrained(folder)
+    assert main(["export-timm", str(folder), str(tmp_path / "timm")]) == 1
+    assert "small_input_stem=True" in capsys.readouterr().err
+    bad = tmp_path / "bad.pth.tar"
+    bad.write_bytes(b"\x00" * 16)
+    assert main(["convert", str(bad), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sslhub convert: error:") and "weights_only=True" in err
+
+
+def test_convert_and_export_timm_commands(tmp_path, capsys):
+    import torchvision
+
+    encoder = torchvision.models.resnet18(num_classes=16)
+    torch.save(
+        {
+            "arch": "resnet18",
+            "state_dict": {f"module.encoder_q.{k}": v for k, v in encoder.state_dict().items()},
+        },
+        tmp_path / "c.pth.tar",
+    )
+    assert (
+        main(["convert", str(tmp_path / "c.pth.tar"), str(tmp_path / "moco-v1"), "--name", "MoCo v1 R18"])
+        == 0
+    )
+    assert ModelCard.load(tmp_path / "moco-v1" / "README.md").data.model_name == "MoCo v1 R18"
+    assert main(["export-timm", str(tmp_path / "moco-v1"), str(tmp_path / "timm")]) == 0
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["architecture"] == "resnet18" and config["num_features"] == 512
