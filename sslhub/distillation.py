@@ -2,7 +2,9 @@
 
 `load_teacher` turns an sslhub checkpoint, a timm model or a transformers image model into a
 `TeacherAdapter` (a frozen eval-mode module returning (N, D) embeddings) for `StudentForDistillation`.
-`kmeans` and `assign_clusters` give the pseudo-labels of the clustering baseline (CompRess, after ClusterFit).
+`Renormalize` / `renormalize_for_teacher` hand the student's images to a teacher that expects another
+normalization or input size. `kmeans` and `assign_clusters` give the pseudo-labels of the clustering
+baseline (CompRess, after ClusterFit).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
@@ -128,6 +131,82 @@ def _probe_embedding_dim(teacher: TeacherAdapter) -> int:
     size = teacher.image_size or 224
     images = torch.zeros(1, 3, size, size, device=parameter.device if parameter is not None else None)
     return teacher(images).shape[1]
+
+
+class Renormalize(nn.Module):
+    """Images normalized for one model, re-normalized (and resized) for another.
+
+    Un-normalizing with `(mean, std)` and normalizing with `(target_mean, target_std)` is one affine map
+    per channel, `x * std / target_std + (mean - target_mean) / target_std`; the resize (bilinear) commutes
+    with it. Without a change of normalization or size it returns its input unchanged.
+
+    Args:
+        mean / std: the normalization the images have.
+        target_mean / target_std: the normalization wanted; `None` keeps `mean` / `std`.
+        target_size: the side of the square output; `None` keeps the input size.
+    """
+
+    def __init__(
+        self,
+        mean: tuple[float, ...] | list[float],
+        std: tuple[float, ...] | list[float],
+        target_mean: tuple[float, ...] | list[float] | None = None,
+        target_std: tuple[float, ...] | list[float] | None = None,
+        target_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        target_mean = mean if target_mean is None else torch.tensor(target_mean, dtype=torch.float64)
+        target_std = std if target_std is None else torch.tensor(target_std, dtype=torch.float64)
+        scale, shift = std / target_std, (mean - target_mean) / target_std  # (3,), (3,)
+        self.changes_normalization = not (
+            torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift))
+        )
+        self.register_buffer("scale", scale.float().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.float().view(1, 3, 1, 1), persistent=False)
+        self.target_size = target_size
+
+    @property
+    def is_identity(self) -> bool:
+        """True when only a change of input size could make it do anything (and no size is set)."""
+        return not self.changes_normalization and self.target_size is None
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 3, S, S) re-normalized, S = `target_size` (default H, W unchanged)."""
+        size = self.target_size
+        if size is not None and tuple(pixel_values.shape[-2:]) != (size, size):
+            pixel_values = F.interpolate(
+                pixel_values, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
+        if self.changes_normalization:
+            scale, shift = self.scale.to(pixel_values), self.shift.to(pixel_values)
+            pixel_values = pixel_values * scale + shift
+        return pixel_values
+
+
+def renormalize_for_teacher(
+    teacher: TeacherAdapter,
+    image_mean: tuple[float, ...] | list[float],
+    image_std: tuple[float, ...] | list[float],
+    image_size: int,
+    teacher_image_size: int | None = None,
+) -> Renormalize:
+    """The map from the student's normalized images to the inputs `teacher` expects.
+
+    Args:
+        teacher: a `TeacherAdapter` (e.g. from `load_teacher`); its `image_mean` / `image_std` /
+            `image_size`, where known, are the teacher's settings, else the student's are kept.
+        image_mean / image_std / image_size: the student's input settings.
+        teacher_image_size: the teacher's input size, overriding `teacher.image_size`.
+    """
+    size = teacher_image_size or teacher.image_size or image_size
+    return Renormalize(
+        image_mean,
+        image_std,
+        teacher.image_mean,
+        teacher.image_std,
+        target_size=None if size == image_size else size,
+    )
 
 
 @torch.no_grad()
@@ -265,4 +344,11 @@ def kmeans(
     return centroids, labels
 
 
-__all__ = ["assign_clusters", "kmeans", "load_teacher", "precompute_teacher_embeddings"]
+__all__ = [
+    "Renormalize",
+    "assign_clusters",
+    "kmeans",
+    "load_teacher",
+    "precompute_teacher_embeddings",
+    "renormalize_for_teacher",
+]
