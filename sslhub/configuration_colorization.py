@@ -21,6 +21,8 @@ class ColorizationConfig(SSLHubConfig):
     Args:
         backbone: any timm model name (CNN or ViT); it is built with `in_chans=1`.
         backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `img_size` of a ViT).
+        small_input_stem: for ResNets on 32x32 images: 3x3 stride-1 stem conv and no max-pool, so that the
+            decoder starts from a 4x4 rather than a 1x1 feature map.
         num_bins: number of ab bins Q; fixed at 313 by the paper's gamut table, recorded for readers.
         soft_encoding_neighbors: nearest bins that share a pixel's target (5 in the paper, 10 in the code).
         soft_encoding_sigma: std of the Gaussian weights of the soft-encoding, in ab units (5).
@@ -40,6 +42,7 @@ class ColorizationConfig(SSLHubConfig):
 
     backbone: str = "resnet50"
     backbone_kwargs: dict[str, Any] | None = None
+    small_input_stem: bool = False
     num_bins: int = NUM_AB_BINS
     soft_encoding_neighbors: int = 5
     soft_encoding_sigma: float = 5.0

@@ -411,8 +411,12 @@ class TwoViewDataset(Dataset):
         if isinstance(views, torch.Tensor):  # OneViewTransform
             item = {"pixel_values": views, "index": index, "num_skipped": skipped}
         else:
-            item = {"query_pixel_values": views[0], "key_pixel_values": views[1], "index": index,
-                    "num_skipped": skipped}
+            item = {
+                "query_pixel_values": views[0],
+                "key_pixel_values": views[1],
+                "index": index,
+                "num_skipped": skipped,
+            }
         if self.has_labels:
             item["label"] = row["label"]
         return item

@@ -138,7 +138,9 @@ class ColorizationModel(ColorizationPreTrainedModel):
 
     def __init__(self, config: ColorizationConfig) -> None:
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone, {**(config.backbone_kwargs or {}), "in_chans": 1})
+        self.backbone = create_backbone(
+            config.backbone, {**(config.backbone_kwargs or {}), "in_chans": 1}, config.small_input_stem
+        )
         self.num_features = self.backbone.num_features
         self.post_init()
 

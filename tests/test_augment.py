@@ -34,8 +34,12 @@ def test_crop_boxes_fit_and_follow_the_scale_range():
 )
 def test_color_jitter_matches_torchvision_per_operation(kind, factor, reference):
     x = _images()
-    factors = {"brightness": torch.ones(6), "contrast": torch.ones(6), "saturation": torch.ones(6),
-               "hue": torch.zeros(6)}
+    factors = {
+        "brightness": torch.ones(6),
+        "contrast": torch.ones(6),
+        "saturation": torch.ones(6),
+        "hue": torch.zeros(6),
+    }
     factors[kind] = torch.full((6,), factor)
     expected = torch.stack([reference(image, factor) for image in x])
     torch.testing.assert_close(color_jitter(x, **factors), expected, rtol=0, atol=2e-3)
@@ -50,7 +54,9 @@ def test_identity_jitter_changes_nothing():
 def test_per_image_blur_matches_torchvision():
     x = _images(3, 24)
     sigma = torch.tensor([0.3, 1.0, 2.0])
-    expected = torch.stack([TF.gaussian_blur(image, [5, 5], [s.item(), s.item()]) for image, s in zip(x, sigma)])
+    expected = torch.stack(
+        [TF.gaussian_blur(image, [5, 5], [s.item(), s.item()]) for image, s in zip(x, sigma, strict=True)]
+    )
     torch.testing.assert_close(gaussian_blur(x, sigma, 5), expected, rtol=0, atol=1e-5)
 
 
@@ -62,13 +68,15 @@ def test_views_are_deterministic_per_seed_normalized_and_sized():
     other, _ = augment(images, torch.Generator().manual_seed(4))
     assert query.shape == key.shape == (16, 3, 32, 32) and query.dtype == torch.float32
     assert torch.equal(query, again) and not torch.equal(query, other) and not torch.equal(query, key)
-    assert -2.0 - 1e-6 <= query.min() and query.max() <= 2.0 + 1e-6  # (0 - 0.5) / 0.25 .. (1 - 0.5) / 0.25
+    assert query.min() >= -2.0 - 1e-6 and query.max() <= 2.0 + 1e-6  # (0 - 0.5) / 0.25 .. (1 - 0.5) / 0.25
 
 
 def test_whole_image_crop_without_jitter_reproduces_the_image():
     images = (torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8)
     augment = BatchedTwoViewAugmentation("v2", 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), min_scale=1.0)
-    settings = augment.views[0].__class__(min_scale=1.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, flip_p=0.0)
+    settings = augment.views[0].__class__(
+        min_scale=1.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, flip_p=0.0
+    )
     view = augment.view(images, settings, torch.Generator().manual_seed(0))
     # scale 1 with an aspect ratio other than 1 does not fit: torchvision falls back to the whole image
     torch.testing.assert_close(view, images.float() / 255, rtol=0, atol=1e-5)

@@ -130,6 +130,19 @@ def test_encoder_sees_the_centred_lightness_of_the_unnormalized_image():
     assert features.ndim == 4 and features.shape[:2] == (2, model.num_features)
 
 
+def test_small_input_stem_keeps_one_input_channel_and_a_larger_feature_map(tmp_path):
+    model = ColorizationModel(tiny_resnet(small_input_stem=True)).eval()
+    conv1 = model.backbone.conv1
+    assert (conv1.in_channels, conv1.kernel_size, conv1.stride) == (1, (3, 3), (1, 1))
+    pixel_values = _pixel_values(model.config)
+    plain = ColorizationModel(tiny_resnet())(pixel_values, output_hidden_states=True).last_hidden_state
+    small = model(pixel_values, output_hidden_states=True).last_hidden_state
+    assert small.shape[-1] == 4 * plain.shape[-1]
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(pixel_values).pooler_output, model(pixel_values).pooler_output)
+
+
 @pytest.mark.parametrize("size", [(64, 64), (64, 32)])
 def test_logits_are_at_a_quarter_of_the_input_resolution(size):
     config = tiny_resnet(image_size=64)
