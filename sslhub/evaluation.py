@@ -82,17 +82,26 @@ def _weights_stamp(folder: Path) -> dict[str, Any]:
     return stamp
 
 
-def _model_fingerprint(spec: str, model: nn.Module, **settings) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    if Path(spec).is_dir():
-        identity = _weights_stamp(Path(spec))
-    else:  # a Hub id: transformers records the commit it resolved
-        identity = {"id": spec, "revision": getattr(config, "_commit_hash", None)}
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit of a Hub model in the local cache (the one just loaded), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json")
+    return Path(path).parent.name if isinstance(path, str) else None
+
+
+def _model_fingerprint(spec: str, **settings) -> dict[str, Any]:
+    identity = (
+        _weights_stamp(Path(spec)) if Path(spec).is_dir() else {"id": spec, "revision": _hub_revision(spec)}
+    )
     return {**identity, **{k: v for k, v in settings.items() if v is not None}}
 
 
 def _processor_settings(processor) -> tuple[int, tuple, tuple, float]:
     """(image_size, mean, std, crop_pct) of a transformers image processor."""
+    data_config = getattr(processor, "data_config", None)  # transformers' wrapper of timm models
+    if data_config:
+        return data_config["input_size"][-1], data_config["mean"], data_config["std"], data_config["crop_pct"]
     crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
     size = getattr(processor, "size", None) or {}
     if crop:
@@ -154,7 +163,7 @@ def load_encoder(
         else:
             kind = "transformers"
             size, mean, std, pct = _processor_settings(AutoImageProcessor.from_pretrained(spec))
-        fingerprint = _model_fingerprint(spec, model, random_init=random_init or None)
+        fingerprint = _model_fingerprint(spec, random_init=random_init or None)
     size = image_size or size
     pct = crop_pct if crop_pct is not None else pct
     fingerprint.update(image_size=size, crop_pct=pct)
@@ -183,24 +192,38 @@ class LinearClassifier(nn.Module):
         return self.classifier(embed_batch(self.encoder, pixel_values))
 
 
+def _num_features(encoder: LoadedEncoder) -> int:
+    known = getattr(encoder.model, "num_features", None)
+    if known:
+        return int(known)
+    with torch.no_grad():  # a dry run tells the embedding width of any model
+        probe = torch.zeros(1, 3, encoder.image_size, encoder.image_size)
+        return embed_batch(encoder.model.eval(), probe).shape[1]
+
+
 def load_classifier(
     spec: str, num_labels: int, *, pretrained: bool = True, random_init: bool = False
 ) -> nn.Module:
     """The model of full fine-tuning: the encoder of `spec` with a new linear head of `num_labels` classes.
 
-    sslhub models load through `AutoModelForImageClassification` (`MoCoForImageClassification`, and the
-    other families' heads once registered), transformers models too (their old head is replaced);
-    `timm:<name>` models get a `LinearClassifier`. Use `classifier_logits` on the output.
+    Models whose family registers a classification head load through `AutoModelForImageClassification`
+    (`MoCoForImageClassification`; transformers models get their head replaced); the others (`timm:<name>`,
+    sslhub families without a registered head) become a `LinearClassifier` on their pooled embedding.
+    Read logits from the output with `classifier_logits`.
     """
-    if spec.startswith(TIMM_PREFIX):
-        encoder = load_encoder(spec, pretrained=pretrained, random_init=random_init).model
-        return LinearClassifier(encoder, encoder.num_features, num_labels)
-    if random_init:
-        config = AutoConfig.from_pretrained(spec, num_labels=num_labels)
-        return AutoModelForImageClassification.from_config(config)
-    return AutoModelForImageClassification.from_pretrained(
-        spec, num_labels=num_labels, ignore_mismatched_sizes=True
-    )
+    if not spec.startswith(TIMM_PREFIX):
+        try:
+            if random_init:
+                config = AutoConfig.from_pretrained(spec, num_labels=num_labels)
+                return AutoModelForImageClassification.from_config(config)
+            return AutoModelForImageClassification.from_pretrained(
+                spec, num_labels=num_labels, ignore_mismatched_sizes=True
+            )
+        except ValueError as error:
+            if "Unrecognized configuration class" not in str(error):
+                raise
+    encoder = load_encoder(spec, pretrained=pretrained, random_init=random_init)
+    return LinearClassifier(encoder.model, _num_features(encoder), num_labels)
 
 
 def classifier_logits(output: Any) -> torch.Tensor:
@@ -217,7 +240,9 @@ class _Logits(nn.Module):
         return classifier_logits(self.model(pixel_values))
 
 
-def classifier_accuracy(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], accelerator=None) -> float:
+def classifier_accuracy(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], accelerator=None
+) -> float:
     """Top-1 accuracy (in [0, 1]) of a classifier over labelled batches, each sample counted once.
 
     Runs in eval mode and gathers like `extract_features` (its training mode is restored afterwards).
