@@ -256,13 +256,21 @@ class MoCoForImageClassification(MoCoPreTrainedModel):
     """MoCo encoder with a linear classifier on the pooled embedding (linear probe or fine-tuning).
 
     Loads the encoder from any MoCo checkpoint (`MoCoModel` or `MoCoForPreTraining`); the classifier
-    is new. For a linear probe, freeze the encoder with `freeze_encoder()` and keep it in eval mode.
+    is new, and the projection head is dropped (the classifier reads the pooled embedding, as in the
+    papers' linear evaluation). For a linear probe, freeze the encoder with `freeze_encoder()` and keep it
+    in eval mode.
     """
+
+    _keys_to_ignore_on_load_unexpected = [
+        *MoCoPreTrainedModel._keys_to_ignore_on_load_unexpected,
+        r"projector\.",
+    ]
 
     def __init__(self, config: MoCoConfig) -> None:
         super().__init__(config)
         self.num_labels = config.num_labels
         self.query_encoder = MoCoModel(config)
+        self.query_encoder.projector = None
         self.classifier = nn.Linear(self.query_encoder.num_features, config.num_labels)
         self.post_init()
 
