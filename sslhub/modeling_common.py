@@ -4,13 +4,49 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import BitImageProcessor, PreTrainedModel
 from transformers import initialization as init
+from transformers.utils import ModelOutput
 
+from .backbones import backbone_features
 from .configuration_common import SSLHubConfig
+
+
+@dataclass
+class EncoderOutput(ModelOutput):
+    """Output of an sslhub encoder (`MoCoModel`, `StudentModel`).
+
+    Args:
+        pooler_output: (N, num_features) pooled backbone embedding, the feature used downstream.
+        projection: (N, D) projector output (the embedding the training loss compares), when a projector exists.
+        last_hidden_state: the backbone's last feature map (N, C, h, w) or tokens (N, L, C); only with
+            `output_hidden_states=True`.
+    """
+
+    pooler_output: torch.Tensor | None = None
+    projection: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+def encode(
+    backbone: nn.Module,
+    projector: nn.Module | None,
+    pixel_values: torch.Tensor,
+    output_hidden_states: bool | None = None,
+    return_dict: bool | None = None,
+) -> EncoderOutput | tuple:
+    """Run a backbone (and projector) on normalized images: the forward pass every sslhub encoder shares."""
+    features, pooled = backbone_features(backbone, pixel_values)
+    output = EncoderOutput(
+        pooler_output=pooled,
+        projection=projector(pooled) if projector is not None else None,
+        last_hidden_state=features if output_hidden_states else None,
+    )
+    return output if return_dict is not False else output.to_tuple()
 
 
 def image_processor_for(config: SSLHubConfig) -> BitImageProcessor:

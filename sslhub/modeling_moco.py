@@ -16,29 +16,15 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import backbone_features, create_backbone
+from .backbones import create_backbone
 from .configuration_moco import MoCoConfig
 from .distributed import gather_without_grad, rank, shuffle_batch, unshuffle_batch
 from .heads import MLPHead
 from .losses import info_nce_in_batch, info_nce_with_queue
-from .modeling_common import SSLHubPreTrainedModel
+from .modeling_common import EncoderOutput, SSLHubPreTrainedModel, encode
 from .momentum import enqueue, momentum_update
 
-
-@dataclass
-class MoCoModelOutput(ModelOutput):
-    """Output of `MoCoModel`.
-
-    Args:
-        pooler_output: (N, num_features) pooled backbone embedding, the feature used downstream.
-        projection: (N, projection_dim) projector output (the contrastive embedding), when a projector exists.
-        last_hidden_state: the backbone's last feature map (N, C, h, w) or tokens (N, L, C); only with
-            `output_hidden_states=True`.
-    """
-
-    pooler_output: torch.Tensor | None = None
-    projection: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
+MoCoModelOutput = EncoderOutput  # pooler_output, projection, last_hidden_state
 
 
 @dataclass
@@ -113,14 +99,7 @@ class MoCoModel(MoCoPreTrainedModel):
             pixel_values: (N, 3, H, W) images normalized by the model's image processor.
             output_hidden_states: also return the backbone's last feature map / tokens.
         """
-        features, pooled = backbone_features(self.backbone, pixel_values)
-        projection = self.projector(pooled) if self.projector is not None else None
-        output = MoCoModelOutput(
-            pooler_output=pooled,
-            projection=projection,
-            last_hidden_state=features if output_hidden_states else None,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
 
 
 class MoCoForPreTraining(MoCoPreTrainedModel):

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import backbone_features, create_backbone
+from .backbones import create_backbone
 from .configuration_common import check_choice
 from .configuration_student import StudentConfig
 from .distributed import gather_without_grad
@@ -31,7 +31,7 @@ from .losses import (
     knowledge_distillation_kl,
     seed_cross_entropy,
 )
-from .modeling_common import SSLHubPreTrainedModel
+from .modeling_common import EncoderOutput, SSLHubPreTrainedModel, encode
 from .momentum import enqueue
 
 TEACHER_OUTPUTS = ("auto", "projection", "pooled", "logits", "cls", "mean")
@@ -143,21 +143,7 @@ class TeacherAdapter(nn.Module):
         return teacher_output_to_embedding(self.model(pixel_values), self.output)
 
 
-@dataclass
-class StudentModelOutput(ModelOutput):
-    """Output of `StudentModel`.
-
-    Args:
-        pooler_output: (N, num_features) pooled backbone embedding, the feature used downstream.
-        projection: (N, teacher_dim) projector output (the embedding matched to the teacher's), when a
-            projector exists.
-        last_hidden_state: the backbone's last feature map (N, C, h, w) or tokens (N, L, C); only with
-            `output_hidden_states=True`.
-    """
-
-    pooler_output: torch.Tensor | None = None
-    projection: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
+StudentModelOutput = EncoderOutput  # pooler_output, projection (matched to the teacher), last_hidden_state
 
 
 @dataclass
@@ -225,14 +211,7 @@ class StudentModel(StudentPreTrainedModel):
             pixel_values: (N, 3, H, W) images normalized by the model's image processor.
             output_hidden_states: also return the backbone's last feature map / tokens.
         """
-        features, pooled = backbone_features(self.backbone, pixel_values)
-        projection = self.projector(pooled) if self.projector is not None else None
-        output = StudentModelOutput(
-            pooler_output=pooled,
-            projection=projection,
-            last_hidden_state=features if output_hidden_states else None,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
 
 
 class StudentForDistillation(StudentPreTrainedModel):
