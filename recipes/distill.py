@@ -45,15 +45,13 @@ from sslhub.evaluation import extract_features
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
-    check_reload,
     command_line,
     create_accelerator,
     create_optimizer,
     parse_config,
     pretraining_loader,
-    report_final_folder,
+    publish_final_model,
     save_config,
-    save_final_model,
 )
 
 
@@ -314,11 +312,10 @@ def main(cfg: DistillRecipeConfig) -> dict[str, float]:
 
     # The student encoder + image processor + model card naming the teacher; the teacher is not saved.
     if accelerator.is_main_process:
-        final = save_final_model(
+        publish_final_model(
+            cfg,
             unwrapped.student,
-            cfg.output_dir,
             card=dict(
-                model_name=os.path.basename(os.path.normpath(cfg.output_dir)),
                 family="student",
                 paper=PAPERS[cfg.loss],
                 base_model=cfg.teacher_hub_id or cfg.teacher,
@@ -337,12 +334,6 @@ def main(cfg: DistillRecipeConfig) -> dict[str, float]:
                 },
             ),
         )
-        print(check_reload(final, unwrapped.student, cfg.image_size))
-        print(report_final_folder(final, metrics))
-        if cfg.push_to_hub:
-            from sslhub.hub import push_to_hub
-
-            push_to_hub(final, cfg.hub_model_id or os.path.basename(os.path.normpath(cfg.output_dir)))
     accelerator.end_training()
     return metrics
 

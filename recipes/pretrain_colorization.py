@@ -39,16 +39,14 @@ from sslhub.data import ImageDataset, collate, eval_transform, load_image_datase
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
-    check_reload,
     command_line,
     create_accelerator,
     create_optimizer,
     parse_config,
     pretraining_loader,
-    report_final_folder,
+    publish_final_model,
     resolve_resume,
     save_config,
-    save_final_model,
 )
 
 PRESETS = ("paper", "authors_code")
@@ -261,11 +259,10 @@ def main(cfg: ColorizationRecipeConfig) -> dict[str, float]:
 
     # The inference model (the encoder on L) + image processor + model card, ready to push.
     if accelerator.is_main_process:
-        final = save_final_model(
+        publish_final_model(
+            cfg,
             unwrapped.encoder,
-            cfg.output_dir,
             card=dict(
-                model_name=os.path.basename(os.path.normpath(cfg.output_dir)),
                 family="colorization",
                 paper="colorization",
                 datasets=[cfg.dataset],
@@ -273,12 +270,6 @@ def main(cfg: ColorizationRecipeConfig) -> dict[str, float]:
                 training_summary=metrics,
             ),
         )
-        print(check_reload(final, unwrapped.encoder, cfg.image_size))
-        print(report_final_folder(final, metrics))
-        if cfg.push_to_hub:
-            from sslhub.hub import push_to_hub
-
-            push_to_hub(final, cfg.hub_model_id or os.path.basename(os.path.normpath(cfg.output_dir)))
     accelerator.end_training()
     return metrics
 

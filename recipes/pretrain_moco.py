@@ -25,15 +25,13 @@ from sslhub.momentum import cosine_momentum
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
-    check_reload,
     command_line,
     create_accelerator,
     create_optimizer,
     parse_config,
     pretraining_loader,
-    report_final_folder,
+    publish_final_model,
     save_config,
-    save_final_model,
 )
 
 
@@ -162,11 +160,10 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
 
     # The inference model (query encoder) + image processor + model card, ready to push.
     if accelerator.is_main_process:
-        final = save_final_model(
+        publish_final_model(
+            cfg,
             unwrapped.query_encoder,
-            cfg.output_dir,
             card=dict(
-                model_name=os.path.basename(os.path.normpath(cfg.output_dir)),
                 family=f"MoCo {cfg.version}",
                 paper=f"moco-{cfg.version}",  # a key of sslhub.hub.PAPERS
                 datasets=[cfg.dataset],
@@ -174,12 +171,6 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
                 training_summary=metrics,
             ),
         )
-        print(check_reload(final, unwrapped.query_encoder, cfg.image_size))
-        print(report_final_folder(final, metrics))
-        if cfg.push_to_hub:
-            from sslhub.hub import push_to_hub
-
-            push_to_hub(final, cfg.hub_model_id or os.path.basename(os.path.normpath(cfg.output_dir)))
     accelerator.end_training()
     return metrics
 

@@ -581,6 +581,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def publish_final_model(cfg: TrainingConfig, model, card: dict[str, Any]) -> Path:
+    """The end of every recipe (main process): save the inference model with its image processor, remote
+    code and card into `output_dir/final`, check that it loads back identically, tell the user what next,
+    and push it to the Hub with `--push_to_hub`.
+
+    Args:
+        cfg: the recipe config (`output_dir`, `image_size`, `push_to_hub`, `hub_model_id`).
+        model: the unwrapped inference model (e.g. `MoCoModel`).
+        card: keyword arguments of `sslhub.hub.write_model_card` except `model_name` (the run's name).
+    """
+    name = Path(cfg.output_dir).resolve().name
+    final = save_final_model(model, cfg.output_dir, card={"model_name": name, **card})
+    print(check_reload(final, model, cfg.image_size))
+    print(report_final_folder(final, card.get("training_summary", {})))
+    if cfg.push_to_hub:
+        from .hub import push_to_hub
+
+        push_to_hub(final, cfg.hub_model_id or name)
+    return final
+
+
 def save_final_model(model, output_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
     """`save_pretrained` the inference model (with its image processor) into `output_dir/final`, plus a card.
 
