@@ -31,3 +31,8 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+.PHONY: bench
+bench: $(STAMP)  ## sslhub vs lightly (MoCo v2): regenerates bench/RESULTS.md; BENCH_ARGS=--quick for toy sizes
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

@@ -32,19 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
+from cifar10_split import split_cifar10
 from torch.utils.data import DataLoader
 
 from sslhub.data import ImageDataset, collate, load_image_dataset
 from sslhub.evaluation import extract_features, knn_accuracy, linear_probe, load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = Path("/work/shared/datasets/cifar10/train.parquet")
 RECIPE = ROOT / "recipes" / "pretrain_colorization.py"
 CONFIG = ROOT / "recipes" / "configs" / "colorization_resnet18_cifar10.yaml"
-HELD_OUT, SPLIT_SEED = 10_000, 0
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,20 +71,6 @@ def parse_args() -> argparse.Namespace:
     args.out = args.out or default_dir / "COLORIZATION_RESULTS.md"
     args.json = args.json or default_dir / "colorization_cifar10.json"
     return args
-
-
-def make_split(folder: Path) -> Path:
-    """40k / 10k parquet files from a fixed seeded permutation of the 50k CIFAR-10 training images."""
-    if (folder / "train.parquet").exists() and (folder / "test.parquet").exists():
-        return folder
-    table = pq.read_table(CIFAR)  # keeps the Hugging Face features (Image, ClassLabel) in its metadata
-    order = np.random.default_rng(SPLIT_SEED).permutation(table.num_rows)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("test", order[:HELD_OUT]), ("train", order[HELD_OUT:])):
-        pq.write_table(table.take(rows), folder / f"{name}.parquet.tmp")
-        os.replace(folder / f"{name}.parquet.tmp", folder / f"{name}.parquet")
-    print(f"split {CIFAR} into {table.num_rows - HELD_OUT} training / {HELD_OUT} held-out images in {folder}")
-    return folder
 
 
 def pretrain(args, data: Path, output_dir: Path) -> float:
@@ -168,7 +152,7 @@ def write_markdown(path: Path, results: dict) -> None:
 
 def main() -> None:
     args = parse_args()
-    data = make_split(args.workdir.parent / "cifar10_split")
+    data = split_cifar10(args.workdir.parent / "cifar10_split")
     run_dir = args.workdir / f"{args.backbone}_steps{args.steps}_b{args.batch_size}"
     train_seconds = pretrain(args, data, run_dir)
     model_dir = run_dir / "final"

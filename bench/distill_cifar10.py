@@ -3,7 +3,7 @@
     python bench/distill_cifar10.py                                   # small defaults, a few minutes
     python bench/distill_cifar10.py --teacher_steps 300 --student_steps 150 --batch_size 64 --num_images 5000
 
-1. Split CIFAR-10's training parquet by a fixed seeded permutation: the last `--heldout` images are the
+1. Split CIFAR-10's training parquet by a fixed seeded permutation: the first `--heldout` images are the
    held-out split (kNN queries), the first `--num_images` the training images (and the kNN bank).
 2. Train a MoCo v2 teacher (`--teacher_backbone`, larger than the student) with `recipes/pretrain_moco.py`.
 3. Train the student (`--student_backbone`) for `--student_steps` steps with MoCo v2 from scratch, and for the
@@ -26,9 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
+from cifar10_split import split_cifar10
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,18 +73,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--results_md", default=str(ROOT / "bench" / "DISTILL_RESULTS.md"))
     parser.add_argument("--results_json", default=str(ROOT / "bench" / "distill_cifar10.json"))
     return parser.parse_args()
-
-
-def make_splits(args: argparse.Namespace, data_dir: Path) -> None:
-    """train.parquet (first `num_images` of the permutation) and test.parquet (its last `heldout`)."""
-    table = pq.read_table(args.data)
-    order = np.random.default_rng(args.seed).permutation(table.num_rows)
-    if args.num_images + args.heldout > table.num_rows:
-        raise SystemExit(f"--num_images + --heldout must be at most {table.num_rows}")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.take(order[: args.num_images]), data_dir / "train.parquet")
-    heldout = order[-args.heldout :][: args.eval_images]
-    pq.write_table(table.take(heldout), data_dir / "test.parquet")
 
 
 def train(name: str, recipe: str, flags: list[str], args: argparse.Namespace, workdir: Path) -> float:
@@ -172,7 +159,14 @@ def main() -> None:
     total = 2 + len(losses)
 
     print(f"[0/{total}] splitting {args.data} into {data_dir}", flush=True)
-    make_splits(args, data_dir)
+    split_cifar10(
+        data_dir,
+        heldout=args.heldout,
+        train_images=args.num_images,
+        eval_images=args.eval_images,
+        seed=args.seed,
+        source=args.data,
+    )
 
     runs = []  # (name, method, backbone, loss, steps, seconds)
     print(f"[1/{total}] teacher: MoCo v2 {args.teacher_backbone}, {args.teacher_steps} steps", flush=True)

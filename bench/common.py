@@ -1,0 +1,242 @@
+"""What the benchmarks share: the same MoCo v2 built in sslhub and in lightly, one training step of each,
+timing and machine helpers.
+
+Both models use one backbone definition (`sslhub.backbones.create_backbone`, a timm ResNet with the same
+optional CIFAR stem) and start from the same weights and the same queue, so the comparison isolates each
+library's MoCo machinery (heads, momentum update, queue, loss), not the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslhub import MoCoConfig, MoCoForPreTraining
+from sslhub.backbones import create_backbone
+
+
+@dataclass
+class Setting:
+    """One benchmark configuration: model, input size, batch and numerics."""
+
+    name: str
+    backbone: str = "resnet18"
+    small_input_stem: bool = True
+    image_size: int = 32
+    batch_size: int = 128
+    queue_size: int = 4096
+    temperature: float = 0.2
+    momentum: float = 0.99
+    lr: float = 0.06
+    weight_decay: float = 5e-4
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    channels_last: bool = False
+    sgd: str = "default"  # torch.optim.SGD implementation: "default", "foreach" or "fused"
+
+    @property
+    def label(self) -> str:
+        numerics = self.precision + (" + channels_last" if self.channels_last else "")
+        numerics += "" if self.sgd == "default" else f" + {self.sgd} SGD"
+        return f"{self.backbone} {self.image_size}x{self.image_size} b{self.batch_size}, {numerics}"
+
+
+def sslhub_config(s: Setting) -> MoCoConfig:
+    """The MoCo v2 config of a setting (shuffle-BN is the identity in one process, as lightly's shuffle is)."""
+    return MoCoConfig.v2(
+        backbone=s.backbone,
+        small_input_stem=s.small_input_stem,
+        queue_size=s.queue_size,
+        temperature=s.temperature,
+        momentum=s.momentum,
+        image_size=s.image_size,
+    )
+
+
+class LightlyMoCo(nn.Module):
+    """MoCo v2 as lightly's example writes it, on the same backbone definition as sslhub."""
+
+    def __init__(self, s: Setting) -> None:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import MoCoProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        super().__init__()
+        self.backbone = create_backbone(s.backbone, small_input_stem=s.small_input_stem)
+        width = self.backbone.num_features
+        self.projection_head = MoCoProjectionHead(width, width, 128)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = NTXentLoss(temperature=s.temperature, memory_bank_size=(s.queue_size, 128))
+        self.momentum = s.momentum
+
+    def forward(self, x_query: torch.Tensor, x_key: torch.Tensor) -> torch.Tensor:
+        from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
+
+        update_momentum(self.backbone, self.backbone_momentum, m=self.momentum)
+        update_momentum(self.projection_head, self.projection_head_momentum, m=self.momentum)
+        query = self.projection_head(self.backbone(x_query).flatten(start_dim=1))
+        with torch.no_grad():
+            x_key, shuffle = batch_shuffle(x_key)
+            key = self.projection_head_momentum(self.backbone_momentum(x_key).flatten(start_dim=1))
+            key = batch_unshuffle(key, shuffle)
+        return self.criterion(query, key)
+
+
+def copy_weights(ours: MoCoForPreTraining, theirs: LightlyMoCo) -> None:
+    """Give lightly's model sslhub's initial weights and queue, so both start from the same state."""
+    pairs = [
+        (ours.query_encoder.backbone, theirs.backbone),
+        (ours.query_encoder.projector, theirs.projection_head),
+        (ours.key_encoder.backbone, theirs.backbone_momentum),
+        (ours.key_encoder.projector, theirs.projection_head_momentum),
+    ]
+    with torch.no_grad():
+        for source, target in pairs:
+            for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True):
+                b.copy_(a)
+        theirs.criterion.memory_bank.bank.copy_(ours.queue)
+        theirs.criterion.memory_bank.bank_ptr.zero_()
+
+
+def build_pair(s: Setting, device: torch.device, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(sslhub model, lightly model) of a setting with identical initial state, in training mode."""
+    torch.manual_seed(seed)
+    ours = MoCoForPreTraining(sslhub_config(s))
+    theirs = LightlyMoCo(s)
+    copy_weights(ours, theirs)
+    models = []
+    for model in (ours, theirs):
+        model = model.to(device)
+        if s.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models.append(model.train())
+    return models[0], models[1]
+
+
+def build_one(library: str, s: Setting, device: torch.device, seed: int = 0) -> nn.Module:
+    """Only one library's model (for the memory measurement, where the other must not be in memory)."""
+    torch.manual_seed(seed)
+    model = MoCoForPreTraining(sslhub_config(s)) if library == "sslhub" else LightlyMoCo(s)
+    model = model.to(device)
+    if s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def make_optimizer(model: nn.Module, s: Setting) -> torch.optim.Optimizer:
+    """The same SGD for both libraries (momentum 0.9, weight decay on every parameter, as MoCo v2).
+
+    `s.sgd` picks torch's implementation; all three compute the same numbers. On CPU the default is the
+    per-parameter loop (torch only defaults to foreach on GPUs).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    implementation = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[s.sgd]
+    return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay, **implementation)
+
+
+def autocast(s: Setting, device: torch.device):
+    """bf16 autocast for `precision="bf16"`, nothing otherwise."""
+    if s.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    library: str, model: nn.Module, optimizer: torch.optim.Optimizer, x1, x2, s: Setting, device
+) -> torch.Tensor:
+    """One MoCo v2 step (momentum update, forward, loss, backward, SGD) of either library."""
+    with autocast(s, device):
+        loss = model(x1, x2).loss if library == "sslhub" else model(x1, x2)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def make_inputs(s: Setting, device: torch.device, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two pre-made (N, 3, H, W) view batches, so that the step is timed without the data pipeline."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (s.batch_size, 3, s.image_size, s.image_size)
+    x1, x2 = (torch.randn(shape, generator=generator).to(device) for _ in range(2))
+    if s.channels_last:
+        x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+    return x1, x2
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int = 1) -> float:
+    """Seconds for `repeats` calls of `fn`, with the device synchronized around them."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """min / median / max of repeated measurements."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def matmul_flops_per_second(
+    device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 3
+) -> float:
+    """Best-of-`repeats` FLOP/s of an n x n x n matrix multiply (2 n^3 FLOPs) with the current threads."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _cpuinfo(field: str) -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as lines:
+        for line in lines:
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def machine_info(device: torch.device) -> dict:
+    """What a reader needs to compare numbers across machines."""
+    import lightly
+    import timm
+
+    flags = _cpuinfo("flags").split()
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": device.type,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_tile" in flags,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "lightly": lightly.__version__,
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
