@@ -1,4 +1,10 @@
-"""Tiny configurations shared by the tests (timm's `test_*` backbones, 32x32 images)."""
+"""What several test files share: tiny configurations (timm's `test_*` backbones, 32x32 images) and an
+offline Hugging Face cache."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
 
 from sslhub import MoCoConfig
 
@@ -21,3 +27,20 @@ def tiny_moco_v3(**overrides) -> MoCoConfig:
         crop_pct=1.0,
     )
     return MoCoConfig.v3(**{**settings, **overrides})
+
+
+def fill_hub_cache(cache: Path, repo_id: str, folder: Path, repo_type: str = "model") -> None:
+    """Lay out `folder` as the cached snapshot of `repo_id` (blobs, refs/main, snapshots/<commit>), so that
+    the id resolves with `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE=cache`."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)

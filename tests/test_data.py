@@ -184,3 +184,32 @@ def test_presets_follow_the_papers_and_the_resolution():
     assert "scale=(0.08, 1.0)" in repr(v3.query_view)
     with pytest.raises(ValueError, match="augmentation must be one of"):
         two_view_transform("simclr")
+
+
+def test_hub_dataset_id_resolves_from_the_offline_cache(tmp_path):
+    import subprocess
+    import sys
+
+    from .helpers import fill_hub_cache
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    sample = load_image_dataset("sample", "test[:20]", decode=True)
+    sample.rename_column("image", "img").to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    fill_hub_cache(tmp_path / "cache", "acme/tiny-cifar", repo, repo_type="dataset")
+    code = (
+        "from sslhub.data import load_image_dataset, class_names\n"
+        "d = load_image_dataset('acme/tiny-cifar', 'train')\n"
+        "print(len(d), d.column_names, class_names(d)[0])\n"
+    )
+    env = {
+        **__import__("os").environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "cache"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[0] == "20 ['image', 'label'] airplane"

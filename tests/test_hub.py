@@ -1,6 +1,5 @@
 """Publishing: loading a published folder every way (offline), model cards, pushing, timm export."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from transformers import AutoImageProcessor, AutoModel, pipeline
 
 from sslhub import MoCoModel, hub
 
-from .helpers import tiny_moco_v2, tiny_moco_v3
+from .helpers import fill_hub_cache, tiny_moco_v2, tiny_moco_v3
 
 REPO_ID = "sslhub-test/tiny-moco"
 
@@ -36,21 +35,6 @@ KNN = dict(
     metric_value=0.412,
 )
 LINEAR = {**KNN, "metric_name": "linear probe top-1", "metric_value": 0.503}
-
-
-def fill_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """Lay out `folder` as the cached snapshot of `repo_id` (blobs, refs/main, snapshots/<commit>)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for file in folder.iterdir():
-        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
-        shutil.copyfile(file, blob)
-        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
 
 
 @pytest.fixture(scope="module")
