@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from common import (  # noqa: E402
     timed,
     train_step,
 )
+
+from sslhub.training import peak_memory_mb
 
 LIBRARIES = ("sslhub", "lightly")
 MEASUREMENTS = ("components", "throughput", "memory", "flops", "inference", "data", "knn")
@@ -260,7 +261,7 @@ def memory_child(args) -> None:
     """Run a few steps of one library in this fresh process and print its peak memory as JSON."""
     s = Setting(**json.loads(args.memory_child))
     device = args.device
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_memory_mb(device)
     model = build_one(args.library, s, device)
     optimizer = make_optimizer(model, s)
     x1, x2 = make_inputs(s, device)
@@ -269,7 +270,7 @@ def memory_child(args) -> None:
     for _ in range(3):
         train_step(args.library, model, optimizer, x1, x2, s, device)
     synchronize(device)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_mb(device)  # VmHWM: ru_maxrss would count the parent's memory at fork time
     out = {"baseline_rss_mb": baseline, "peak_rss_mb": peak, "step_rss_mb": peak - baseline}
     if device.type == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

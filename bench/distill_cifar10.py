@@ -115,7 +115,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], command: str) -> N
         "# Distillation vs. MoCo from scratch on CIFAR-10 (kNN)",
         "",
         f"Produced by `{command}` (bench/distill_cifar10.py). Training images: {args.num_images} of CIFAR-10's "
-        f"train split; kNN queries: {args.eval_images} held-out images (last {args.heldout} of a seeded "
+        f"train split; kNN queries: {args.eval_images} held-out images (first {args.heldout} of a seeded "
         f"permutation). Teacher: MoCo v2 `{args.teacher_backbone}`, {args.teacher_steps} steps. Students: "
         f"`{args.student_backbone}`, {args.student_steps} steps, batch {args.batch_size}, 32x32"
         f"{' (CIFAR stem)' if args.small_input_stem else ''}, queue {args.queue_size}. Weighted kNN, k=200, "

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from sslhub import StudentConfig, StudentForDistillation
 from sslhub.augment import BatchedTwoViewAugmentation
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
-from sslhub.data import ImageDataset, collate, eval_transform
+from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
 from sslhub.distillation import kmeans, load_teacher, renormalize_for_teacher
 from sslhub.evaluation import extract_features
 from sslhub.training import (
@@ -319,7 +319,7 @@ def main(cfg: DistillRecipeConfig) -> dict[str, float]:
                 family="student",
                 paper=PAPERS[cfg.loss],
                 base_model=cfg.teacher_hub_id or cfg.teacher,
-                datasets=[cfg.dataset],
+                datasets=[dataset_card_name(cfg.dataset)],
                 summary=(
                     f"A `{cfg.student}` student distilled from the frozen teacher `{cfg.teacher}` with the "
                     f"`{cfg.loss}` loss, without labels. It maps an image to an embedding for retrieval, kNN "

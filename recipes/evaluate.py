@@ -29,7 +29,14 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 
 import sslhub
-from sslhub.data import ImageDataset, class_names, collate, decode_image, load_image_dataset
+from sslhub.data import (
+    ImageDataset,
+    class_names,
+    collate,
+    dataset_card_name,
+    decode_image,
+    load_image_dataset,
+)
 from sslhub.evaluation import (
     cached_features,
     card_eval_results,
@@ -334,8 +341,9 @@ def main(cfg: EvalConfig) -> dict:
     if accelerator.is_main_process:
         local_sslhub = encoder.kind == "sslhub" and Path(cfg.model).is_dir() and not cfg.random_init
         if cfg.update_card and local_sslhub:
+            dataset = dataset_card_name(eval_source)
             entries = card_eval_results(
-                accuracy, cfg.protocol, eval_source, eval_source, eval_split, cfg.k, cfg.temperature
+                accuracy, cfg.protocol, dataset, dataset, eval_split, cfg.k, cfg.temperature
             )
             results["model_card_updated"] = update_model_card(cfg.model, entries)
             if not results["model_card_updated"]:

@@ -35,7 +35,7 @@ from torchvision.utils import make_grid, save_image
 from sslhub import ColorizationConfig, ColorizationForPreTraining
 from sslhub.color import colorize, estimate_ab_prior
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
-from sslhub.data import ImageDataset, collate, eval_transform, load_image_dataset
+from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform, load_image_dataset
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
@@ -265,7 +265,7 @@ def main(cfg: ColorizationRecipeConfig) -> dict[str, float]:
             card=dict(
                 family="colorization",
                 paper="colorization",
-                datasets=[cfg.dataset],
+                datasets=[dataset_card_name(cfg.dataset)],
                 reproduce_command=command_line(),
                 training_summary=metrics,
             ),

@@ -21,6 +21,7 @@ import torch
 from sslhub import MoCoConfig, MoCoForPreTraining
 from sslhub.augment import BatchedTwoViewAugmentation
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
+from sslhub.data import dataset_card_name
 from sslhub.momentum import cosine_momentum
 from sslhub.training import (
     TrainingConfig,
@@ -166,7 +167,7 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
             card=dict(
                 family=f"MoCo {cfg.version}",
                 paper=f"moco-{cfg.version}",  # a key of sslhub.hub.PAPERS
-                datasets=[cfg.dataset],
+                datasets=[dataset_card_name(cfg.dataset)],
                 reproduce_command=command_line(),
                 training_summary=metrics,
             ),

@@ -161,6 +161,16 @@ def load_image_dataset(
     return dataset
 
 
+def dataset_card_name(source: str) -> str:
+    """How a dataset source is named in a model card: its Hub id, `cifar10-sslhub-sample` for the shipped
+    sample, else the name of the local folder or file (local paths mean nothing to other people)."""
+    if source == "sample":
+        return "cifar10-sslhub-sample"
+    if _builder_for(source) is None:
+        return source
+    return Path(source.split("*")[0].rstrip("/")).name or source
+
+
 def class_names(dataset: datasets.Dataset | datasets.IterableDataset) -> list[str] | None:
     """The label names of a dataset loaded by `load_image_dataset`, if its labels are a `ClassLabel`."""
     feature = (dataset.features or {}).get("label")

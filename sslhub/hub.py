@@ -291,6 +291,11 @@ def merge_eval_results(old: Iterable[EvalResult], new: Iterable[dict | EvalResul
     return list(merged.values())
 
 
+def _is_hub_id(name: str) -> bool:
+    """`org/name` that is not a local path."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
 def _eval_table(results: Sequence[EvalResult]) -> str:
     if not results:
         return "No evaluation results yet."
@@ -299,7 +304,7 @@ def _eval_table(results: Sequence[EvalResult]) -> str:
         value = r.metric_value
         shown = f"{100 * value:.2f}%" if r.metric_type == "accuracy" else f"{value:.4g}"
         dataset = r.dataset_name
-        if "/" in r.dataset_type:  # a Hub id
+        if _is_hub_id(r.dataset_type):
             dataset = f"[{r.dataset_name}](https://huggingface.co/datasets/{r.dataset_type})"
         rows.append(f"| {dataset} | {r.dataset_split or ''} | {r.metric_name or r.metric_type} | {shown} |")
     return "\n".join(rows)
@@ -390,7 +395,7 @@ def write_model_card(
         library_name="transformers",
         license=license,
         tags=tags,
-        datasets=list(datasets) or None,
+        datasets=[d for d in datasets if _is_hub_id(d)] or None,  # local paths mean nothing on the Hub
         pipeline_tag="image-feature-extraction",
         base_model=base_model,
         eval_results=results or None,

@@ -585,9 +585,18 @@ class Throughput:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU."""
+    """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU.
+
+    On Linux the peak RSS comes from `/proc/self/status` (VmHWM): `ru_maxrss` would include the memory of
+    the parent at fork time, which a process started from a large Python program inherits.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
