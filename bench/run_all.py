@@ -131,7 +131,7 @@ def render(results: dict) -> str:
         lines += [
             "## 1b. Peak memory",
             "",
-            "One fresh process per library and setting, 3 steps; peak RSS (`ru_maxrss`, includes the Python/torch "
+            "One fresh process per library and setting, 3 steps; peak RSS (VmHWM of `/proc/self/status`, includes the Python/torch "
             "import footprint, shown as 'after imports') or `torch.cuda.max_memory_allocated` on GPU.",
             "",
             "| setting | sslhub peak MB | lightly peak MB | ratio | after imports MB (sslhub / lightly) |",
