@@ -42,6 +42,7 @@ def _write(folder: Path, name: str, results: list[dict], **card) -> None:
 def main() -> None:
     knn, linear = "kNN top-1 (k=200, T=0.1)", "linear probe top-1"
     heldout = ("CIFAR-10 (10,000 held-out images of the train split)", "train, held-out 10k")
+    heldout_2k = ("CIFAR-10 (2,000 held-out images of the train split)", "train, held-out 2k")
 
     demo = ROOT / "outputs" / "demo"
     if (demo / "metrics.json").exists():
