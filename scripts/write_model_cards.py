@@ -95,7 +95,7 @@ def main() -> None:
             _write(
                 workdir / f"student_{row['loss']}" / "final",
                 name,
-                [_result(*heldout, knn, row["knn_top1"])],
+                [_result(*heldout_2k, knn, row["knn_top1"])],
                 family="student",
                 paper=row["loss"].split("_")[0] if row["loss"] != "mse" else None,
                 datasets=["uoft-cs/cifar10"],
@@ -114,7 +114,10 @@ def main() -> None:
         _write(
             Path(report["model_dir"]),
             f"colorization-{settings['backbone']}-cifar10",
-            [_result(*heldout, knn, trained["knn_top1"]), _result(*heldout, linear, trained["linear_top1"])],
+            [
+                _result(*heldout_2k, knn, trained["knn_top1"]),
+                _result(*heldout_2k, linear, trained["linear_top1"]),
+            ],
             family="colorization",
             paper="colorization",
             datasets=["uoft-cs/cifar10"],
