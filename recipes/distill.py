@@ -37,7 +37,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslhub import StudentConfig, StudentForDistillation
-from sslhub.augment import BatchedTwoViewAugmentation
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
 from sslhub.distillation import kmeans, load_teacher, renormalize_for_teacher
@@ -45,6 +44,7 @@ from sslhub.evaluation import extract_features
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
+    TwoViews,
     command_line,
     create_accelerator,
     create_optimizer,
@@ -283,19 +283,10 @@ def main(cfg: DistillRecipeConfig) -> dict[str, float]:
         std=cfg.image_std,
         name="distill",
     )
-    # With batched augmentation the loader gives uint8 images and the views are made here, on the device.
-    augment = None
-    if cfg.batched_augmentation:
-        augment = BatchedTwoViewAugmentation(
-            cfg.augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
-        )
+    # With batched augmentation the loader gives uint8 images and the views are made on the device.
+    views = TwoViews(cfg, cfg.augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale)
     for batch in run:
-        if augment is not None:
-            images, other_view = augment(batch["pixel_values"], run.generator())
-        else:
-            images, other_view = batch["query_pixel_values"], batch["key_pixel_values"]
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, other_view = views(batch, run)
         teacher_inputs = {}
         if pseudo_labels is not None:
             teacher_inputs["pseudo_labels"] = pseudo_labels[batch["index"].cpu()].to(images.device)

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
-from sslhub.augment import BatchedTwoViewAugmentation
 from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.data import dataset_card_name
 from sslhub.momentum import cosine_momentum
 from sslhub.training import (
     TrainingConfig,
     TrainingRun,
+    TwoViews,
     command_line,
     create_accelerator,
     create_optimizer,
@@ -131,22 +131,12 @@ def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
         std=cfg.image_std,
         name="pretrain-moco",
     )
-    # With batched augmentation the loader gives uint8 images and the views are made here, on the device.
-    augment = None
-    if cfg.batched_augmentation:
-        augment = BatchedTwoViewAugmentation(
-            augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
-        )
+    # With batched augmentation the loader gives uint8 images and the views are made on the device.
+    views = TwoViews(cfg, augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale)
     for batch in run:
         if run.first_micro_batch and cfg.final_momentum is not None:
             unwrapped.momentum = cosine_momentum(run.step, run.total_steps, base_momentum, cfg.final_momentum)
-        if augment is not None:
-            query, key = augment(batch["pixel_values"], run.generator())
-        else:
-            query, key = batch["query_pixel_values"], batch["key_pixel_values"]
-        if cfg.channels_last:
-            query = query.contiguous(memory_format=torch.channels_last)
-            key = key.contiguous(memory_format=torch.channels_last)
+        query, key = views(batch, run)
         with accelerator.accumulate(model):
             # The key encoder moves once per optimizer step, before its keys are computed.
             output = model(

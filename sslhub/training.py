@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .augment import BatchedTwoViewAugmentation
 from .data import (
     ImageDataset,
     TwoViewDataset,
@@ -284,39 +285,29 @@ def pretraining_loader(
                 "error: batched_augmentation needs a map-style dataset and a MoCo preset (v1/v2/v3)"
             )
         images = UInt8ImageDataset(dataset, image_size)
-        loader = DataLoader(
-            images,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=collate,
-            num_workers=cfg.num_workers,
-            persistent_workers=False,
-        )
-        return accelerator.prepare(loader)
-    if augmentation == "crop_flip":
-        transform = crop_flip_transform(image_size, mean, std, min_scale=min_scale)
     else:
-        transform = two_view_transform(augmentation, image_size, mean, std, min_scale=min_scale)
-    if cfg.streaming:
-        from datasets.distributed import split_dataset_by_node
+        if augmentation == "crop_flip":
+            transform = crop_flip_transform(image_size, mean, std, min_scale=min_scale)
+        else:
+            transform = two_view_transform(augmentation, image_size, mean, std, min_scale=min_scale)
+        if cfg.streaming:
+            from datasets.distributed import split_dataset_by_node
 
-        from .data import StreamingTwoViewDataset
+            from .data import StreamingTwoViewDataset
 
-        # Sharded here, so the loader must not be sharded again by `prepare`.
-        shard = split_dataset_by_node(dataset, accelerator.process_index, accelerator.num_processes)
-        loader = DataLoader(
-            StreamingTwoViewDataset(shard, transform, cfg.seed),
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            collate_fn=collate,
-            drop_last=True,
-        )
-        return loader
-    views = TwoViewDataset(dataset, transform, seed=cfg.seed)
+            # Sharded here, so the loader must not be sharded again by `prepare`.
+            shard = split_dataset_by_node(dataset, accelerator.process_index, accelerator.num_processes)
+            return DataLoader(
+                StreamingTwoViewDataset(shard, transform, cfg.seed),
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                collate_fn=collate,
+                drop_last=True,
+            )
+        images = TwoViewDataset(dataset, transform, seed=cfg.seed)
     # drop_last: every process gathers equal-sized key batches into the queue.
     loader = DataLoader(
-        views,
+        images,
         batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=True,
@@ -325,6 +316,38 @@ def pretraining_loader(
         persistent_workers=False,
     )
     return accelerator.prepare(loader)
+
+
+class TwoViews:
+    """The two views of a `pretraining_loader` batch, made in the worker (per-image transforms) or here,
+    on the training device (`--batched_augmentation`), in channels_last when the run uses it.
+
+    Call it as `query, key = views(batch, run)` inside the loop of a `TrainingRun`.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        augmentation: str,
+        image_size: int,
+        mean,
+        std,
+        min_scale: float | None = None,
+    ) -> None:
+        self.augment = None
+        if cfg.batched_augmentation:
+            self.augment = BatchedTwoViewAugmentation(augmentation, image_size, mean, std, min_scale)
+        self.channels_last = cfg.channels_last
+
+    def __call__(self, batch: dict[str, torch.Tensor], run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment is not None:
+            query, key = self.augment(batch["pixel_values"], run.generator())
+        else:
+            query, key = batch["query_pixel_values"], batch["key_pixel_values"]
+        if self.channels_last:
+            query = query.contiguous(memory_format=torch.channels_last)
+            key = key.contiguous(memory_format=torch.channels_last)
+        return query, key
 
 
 def set_loader_epoch(loader, epoch: int) -> None:
