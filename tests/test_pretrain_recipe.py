@@ -1,5 +1,6 @@
 """Smoke runs of recipes/pretrain_moco.py: save, exact resume after a kill, NaN stop, the final folder."""
 
+import json
 import os
 import signal
 import subprocess
@@ -157,3 +158,45 @@ def test_shipped_configs_parse(config):
         sys.path.pop(0)
     cfg = parse_config(MoCoRecipeConfig, ["--config", str(config)])
     assert cfg.batch_size > 0 and cfg.output_dir
+
+
+def test_moco_v3_with_lars_accumulation_and_momentum_schedule(tmp_path):
+    result = _run(
+        "--version",
+        "v3",
+        "--backbone",
+        "test_vit",
+        "--backbone_kwargs",
+        "{img_size: 32, patch_size: 8}",
+        "--queue_size",
+        "null",
+        "--projector_hidden_size",
+        "64",
+        "--predictor_hidden_size",
+        "64",
+        "--optimizer",
+        "lars",
+        "--learning_rate",
+        "0.6",
+        "--gradient_accumulation_steps",
+        "2",
+        "--batch_size",
+        "16",
+        "--final_momentum",
+        "1.0",
+        "--freeze_patch_embed",
+        "true",
+        "--augmentation",
+        "v3",
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "3",
+        "--output_dir",
+        str(tmp_path),
+    )
+    assert "Reloaded with AutoModel.from_pretrained: MoCoModel" in result.stdout
+    config = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert config["version"] == "v3" and config["queue_size"] == 0 and config["predictor_num_layers"] == 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 3
