@@ -43,3 +43,24 @@ class MLPHead(nn.Sequential):
         if last_batch_norm:
             layers.append(nn.BatchNorm1d(out_features, affine=False))
         super().__init__(*layers)
+
+
+def projection_head(
+    in_features: int,
+    num_layers: int,
+    hidden_features: int | None,
+    out_features: int,
+    batch_norm: bool = False,
+    last_batch_norm: bool = False,
+) -> MLPHead | None:
+    """The projector of an encoder, or `None` when `num_layers` is 0; the hidden width defaults to the input's."""
+    if num_layers == 0:
+        return None
+    return MLPHead(
+        in_features,
+        hidden_features or in_features,
+        out_features,
+        num_layers=num_layers,
+        batch_norm=batch_norm,
+        last_batch_norm=last_batch_norm,
+    )

@@ -19,7 +19,7 @@ from transformers.utils import ModelOutput
 from .backbones import create_backbone
 from .configuration_moco import MoCoConfig
 from .distributed import gather_without_grad, rank, shuffle_batch, unshuffle_batch
-from .heads import MLPHead
+from .heads import MLPHead, projection_head
 from .losses import info_nce_in_batch, info_nce_with_queue
 from .modeling_common import EncoderOutput, SSLHubPreTrainedModel, encode
 from .momentum import enqueue, momentum_update
@@ -74,16 +74,14 @@ class MoCoModel(MoCoPreTrainedModel):
         super().__init__(config)
         self.backbone = create_backbone(config.backbone, config.backbone_kwargs, config.small_input_stem)
         self.num_features = self.backbone.num_features
-        self.projector = None
-        if config.projector_num_layers > 0:
-            self.projector = MLPHead(
-                self.num_features,
-                config.projector_hidden_size or self.num_features,
-                config.projection_dim,
-                num_layers=config.projector_num_layers,
-                batch_norm=config.projector_batch_norm,
-                last_batch_norm=config.projector_last_batch_norm,
-            )
+        self.projector = projection_head(
+            self.num_features,
+            config.projector_num_layers,
+            config.projector_hidden_size,
+            config.projection_dim,
+            config.projector_batch_norm,
+            config.projector_last_batch_norm,
+        )
         self.post_init()
 
     def forward(

@@ -23,7 +23,7 @@ from .backbones import create_backbone
 from .configuration_common import check_choice
 from .configuration_student import StudentConfig
 from .distributed import gather_without_grad
-from .heads import MLPHead
+from .heads import projection_head
 from .losses import (
     cluster_cross_entropy,
     compress_kl,
@@ -186,15 +186,13 @@ class StudentModel(StudentPreTrainedModel):
         super().__init__(config)
         self.backbone = create_backbone(config.backbone, config.backbone_kwargs, config.small_input_stem)
         self.num_features = self.backbone.num_features
-        self.projector = None
-        if config.projector_num_layers > 0:
-            self.projector = MLPHead(
-                self.num_features,
-                config.projector_hidden_size or self.num_features,
-                config.teacher_dim,
-                num_layers=config.projector_num_layers,
-                batch_norm=config.projector_batch_norm,
-            )
+        self.projector = projection_head(
+            self.num_features,
+            config.projector_num_layers,
+            config.projector_hidden_size,
+            config.teacher_dim,
+            config.projector_batch_norm,
+        )
         self.embedding_dim = config.teacher_dim if self.projector is not None else self.num_features
         self.post_init()
 
