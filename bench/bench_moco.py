@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cifar10_split import CIFAR10
 from common import (  # noqa: E402
     Setting,
     build_one,
@@ -45,7 +46,7 @@ from sslhub.training import peak_memory_mb
 
 LIBRARIES = ("sslhub", "lightly")
 MEASUREMENTS = ("components", "throughput", "memory", "flops", "inference", "data", "knn")
-CIFAR = "/work/shared/datasets/cifar10/train.parquet"
+CIFAR = str(CIFAR10)  # ../shared/datasets/cifar10/train.parquet
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 

@@ -5,7 +5,7 @@
     python bench/colorization_cifar10.py --steps 400 --bank_images 10000 --eval_images 10000   # longer
     python bench/colorization_cifar10.py --steps 2000 --batch_size 256 --mixed_precision bf16   # on a GPU
 
-1. Splits `/work/shared/datasets/cifar10/train.parquet` (50k labelled images) with a fixed seeded
+1. Splits `../shared/datasets/cifar10/train.parquet` (50k labelled images) with a fixed seeded
    permutation into 40k training and 10k held-out images, saved once as `train.parquet` / `test.parquet`
    under `--workdir` (gitignored).
 2. Pre-trains with `recipes/pretrain_colorization.py --config recipes/configs/colorization_resnet18_cifar10.yaml`

@@ -32,6 +32,25 @@ class EncoderOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
 
 
+class EncoderMixin:
+    """`forward` of an sslhub encoder with a `backbone` and an optional `projector` (`MoCoModel`, `StudentModel`)."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> EncoderOutput | tuple:
+        """Embed normalized images.
+
+        Args:
+            pixel_values: (N, 3, H, W) images normalized by the model's image processor.
+            output_hidden_states: also return the backbone's last feature map / tokens.
+        """
+        return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
+
+
 def encode(
     backbone: nn.Module,
     projector: nn.Module | None,

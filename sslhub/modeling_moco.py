@@ -21,7 +21,7 @@ from .configuration_moco import MoCoConfig
 from .distributed import gather_without_grad, rank, shuffle_batch, unshuffle_batch
 from .heads import MLPHead, projection_head
 from .losses import info_nce_in_batch, info_nce_with_queue
-from .modeling_common import EncoderOutput, SSLHubPreTrainedModel, encode
+from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
 from .momentum import enqueue, momentum_update
 
 MoCoModelOutput = EncoderOutput  # pooler_output, projection, last_hidden_state
@@ -63,7 +63,7 @@ class MoCoPreTrainedModel(SSLHubPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"key_encoder\.", r"^queue", r"^predictor\."]
 
 
-class MoCoModel(MoCoPreTrainedModel):
+class MoCoModel(EncoderMixin, MoCoPreTrainedModel):
     """The MoCo query encoder: a timm backbone and (optionally) the projection head.
 
     Backbone weights sit under `backbone.`; stripped of that prefix they load into
@@ -83,21 +83,6 @@ class MoCoModel(MoCoPreTrainedModel):
             config.projector_last_batch_norm,
         )
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MoCoModelOutput | tuple:
-        """Embed normalized images.
-
-        Args:
-            pixel_values: (N, 3, H, W) images normalized by the model's image processor.
-            output_hidden_states: also return the backbone's last feature map / tokens.
-        """
-        return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
 
 
 class MoCoForPreTraining(MoCoPreTrainedModel):

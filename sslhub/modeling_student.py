@@ -31,7 +31,7 @@ from .losses import (
     knowledge_distillation_kl,
     seed_cross_entropy,
 )
-from .modeling_common import EncoderOutput, SSLHubPreTrainedModel, encode
+from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
 from .momentum import enqueue
 
 TEACHER_OUTPUTS = ("auto", "projection", "pooled", "logits", "cls", "mean")
@@ -175,7 +175,7 @@ class StudentPreTrainedModel(SSLHubPreTrainedModel):
     _keys_to_ignore_on_load_unexpected = _LOSS_STATE_KEYS
 
 
-class StudentModel(StudentPreTrainedModel):
+class StudentModel(EncoderMixin, StudentPreTrainedModel):
     """The student encoder: a timm backbone and (optionally) a projection head to the teacher's width.
 
     Backbone weights sit under `backbone.`; stripped of that prefix they load into
@@ -195,21 +195,6 @@ class StudentModel(StudentPreTrainedModel):
         )
         self.embedding_dim = config.teacher_dim if self.projector is not None else self.num_features
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> StudentModelOutput | tuple:
-        """Embed normalized images.
-
-        Args:
-            pixel_values: (N, 3, H, W) images normalized by the model's image processor.
-            output_hidden_states: also return the backbone's last feature map / tokens.
-        """
-        return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
 
 
 class StudentForDistillation(StudentPreTrainedModel):
