@@ -1,10 +1,10 @@
 """Self-supervised distillation of a frozen teacher into a small student, with Accelerate.
 
     accelerate launch recipes/distill.py --config recipes/configs/distill_resnet18_from_moco_resnet50.yaml
-    python recipes/distill.py --dataset sample --teacher outputs/demo/final --student resnet10t \
-        --small_input_stem --image_size 32 --loss seed --queue_size 4096 --max_steps 200
+    python recipes/distill.py --dataset sample --teacher outputs/demo/final --model.backbone resnet10t \
+        --model.image_size 32 --model.loss seed --model.queue_size 4096 --max_steps 200
 
-Losses (`--loss`): `seed` (SEED), `compress_1q` / `compress_2q` (CompRess), `cluster` (cross-entropy on the
+Losses (`--model.loss`): `seed` (SEED), `compress_1q` / `compress_2q` (CompRess), `cluster` (cross-entropy on the
 teacher's k-means pseudo-labels), `mse` (embedding regression), `kl` (Hinton KD on teacher logits, with
 `--teacher_output logits`). The teacher (`--teacher`: an sslhub folder or Hub id such as a MoCo run's
 `final` folder, `timm:<name>`, or a transformers image model id) is frozen, in eval mode and run without
@@ -20,13 +20,15 @@ What the teacher sees (`--teacher_view`):
 cached in `output_dir/teacher_clusters.safetensors` and looked up by each batch's dataset `index`.
 
 Settings, checkpoints (`--resume latest`), logs and the final folder work as in `pretrain_moco.py`; the
-final folder holds the `StudentModel` (backbone + projector), its image processor and its model card.
+student's settings are the `model:` section (`--model.loss seed`, `--model.backbone resnet18`), passed to
+`StudentConfig`. The final folder holds the `StudentModel` (backbone + projector), its image processor and
+its model card.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,57 +39,54 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslhub import StudentConfig, StudentForDistillation
-from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
 from sslhub.distillation import kmeans, load_teacher, renormalize_for_teacher
 from sslhub.evaluation import extract_features
 from sslhub.training import (
-    TrainingConfig,
-    TrainingRun,
+    Checkpointer,
+    KNNMonitor,
+    RunLength,
+    RunLogger,
+    TrainingArguments,
     TwoViews,
     command_line,
+    cosine_lr,
     create_accelerator,
     create_optimizer,
-    parse_config,
+    micro_batches,
+    parse_args,
     pretraining_loader,
     publish_final_model,
-    save_config,
+    save_arguments,
+    scaled_lr,
+    set_lr,
+    setting,
 )
 
 
 @dataclass
-class DistillRecipeConfig(TrainingConfig):
-    """Distillation settings (teacher, student, loss, augmentation; the rest is shared by every recipe)."""
+class DistillArguments(TrainingArguments):
+    """Distillation settings: the teacher and the student's augmentation (the rest is shared)."""
 
-    # the teacher
-    teacher: str | None = None  # sslhub folder / Hub id, "timm:<name>" or a transformers image model id
-    teacher_output: str = "auto"  # sslhub: projection, timm: pooled; or pooled, projection, logits, cls, mean
-    teacher_pretrained: bool = True  # false: the teacher's architecture with random weights (tests only)
-    teacher_view: str = "same"  # "same" augmented view as the student, "other" view, or "eval" (cached)
-    teacher_image_size: int | None = None  # None: the teacher's own input size when known, else image_size
-    teacher_batch_size: int = 256  # the one-off teacher pass over the training images (eval, cluster)
-    teacher_hub_id: str | None = None  # the model card's base_model when --teacher is a local folder
-    # the student
-    student: str = "resnet18"  # any timm model name
-    student_kwargs: dict | None = None
-    small_input_stem: bool = False  # 3x3 stride-1 stem, no max-pool: ResNets on 32x32 images
-    image_size: int = 224
-    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    augmentation: str = "v2"  # MoCo augmentation preset of the student's view: "v1", "v2" or "v3"
-    min_crop_scale: float | None = None  # lower bound of RandomResizedCrop's scale (default 0.2)
-    projector_num_layers: int = 2  # the student's MLP head to the teacher's width (SEED, CompRess)
-    projector_hidden_size: int | None = None  # None: the backbone's width
-    projector_batch_norm: bool = False
-    # the loss; None takes the paper's value (seed: T 0.2, teacher T 1e-4, queue 65536; compress: T 0.04,
-    # bank 128000; kl: T 4)
-    loss: str = "seed"  # "seed", "compress_1q", "compress_2q", "cluster", "mse" or "kl"
-    temperature: float | None = None
-    teacher_temperature: float | None = None
-    queue_size: int | None = None
-    mse_target_batch_norm: bool = True  # mse: regress a non-affine BatchNorm of the teacher embedding
-    num_clusters: int = 16000  # cluster: k of the k-means on the teacher's embeddings
-    kmeans_iters: int = 50
+    model_config = StudentConfig
+    model_fields_set_by_recipe = ("teacher_dim", "teacher_name")
+    legacy_model_names = {"student": "backbone", "student_kwargs": "backbone_kwargs"}
+
+    teacher: str | None = setting(
+        None, "sslhub folder or Hub id, timm:<name>, or a transformers image model id"
+    )
+    teacher_output: str = setting(
+        "auto",
+        "teacher embedding: auto (sslhub projection, timm pooled), pooled, projection, logits, cls, mean",
+    )
+    teacher_pretrained: bool = setting(True, "false: the teacher's architecture with random weights (tests)")
+    teacher_view: str = setting("same", "what the teacher sees: same view, other view, or eval (cached)")
+    teacher_image_size: int | None = setting(None, "teacher input size; default its own when known")
+    teacher_batch_size: int = setting(256, "batch of the one-off teacher pass (eval view, cluster)")
+    teacher_hub_id: str | None = setting(None, "the card's base_model when --teacher is a local folder")
+    augmentation: str = setting("v2", "MoCo augmentation preset of the student's view: v1, v2 or v3")
+    min_crop_scale: float | None = setting(None, "lower bound of RandomResizedCrop's scale (default 0.2)")
+    kmeans_iters: int = setting(50, "cluster: Lloyd iterations of the k-means on the teacher's embeddings")
 
 
 TEACHER_VIEWS = ("same", "other", "eval")
@@ -101,27 +100,12 @@ PAPERS = {
 }
 
 
-def student_config(cfg: DistillRecipeConfig, teacher_dim: int) -> StudentConfig:
-    return StudentConfig(
-        backbone=cfg.student,
-        backbone_kwargs=cfg.student_kwargs,
-        small_input_stem=cfg.small_input_stem,
-        loss=cfg.loss,
-        teacher_dim=teacher_dim,
-        projector_num_layers=cfg.projector_num_layers,
-        projector_hidden_size=cfg.projector_hidden_size,
-        projector_batch_norm=cfg.projector_batch_norm,
-        temperature=cfg.temperature,
-        teacher_temperature=cfg.teacher_temperature,
-        queue_size=cfg.queue_size,
-        mse_target_batch_norm=cfg.mse_target_batch_norm,
-        num_clusters=cfg.num_clusters,
-        teacher_name=cfg.teacher,
-        image_size=cfg.image_size,
-        image_mean=cfg.image_mean,
-        image_std=cfg.image_std,
-        crop_pct=1.0 if cfg.image_size <= 64 else 0.875,
-    )
+def student_config(args: DistillArguments, teacher_dim: int) -> StudentConfig:
+    """The student's config: the `model` section with the teacher's embedding width and name."""
+    try:
+        return StudentConfig(**args.model, teacher_dim=teacher_dim, teacher_name=args.teacher)
+    except ValueError as error:
+        raise SystemExit(f"error: model.{error}") from None
 
 
 def _cached(path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor] | None:
@@ -135,30 +119,29 @@ def _cached(path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor] | N
 
 
 def teacher_embeddings_of_training_images(
-    cfg: DistillRecipeConfig, accelerator, teacher: nn.Module, dataset
+    args: DistillArguments, config: StudentConfig, accelerator, teacher: nn.Module, dataset
 ) -> torch.Tensor:
     """(num_images, D) teacher embeddings of the un-augmented training images, row i for dataset index i.
 
     Computed once (sharded over the processes) and cached in `output_dir`; a resumed run reads the cache.
     An unreadable image gets the row of the next readable one, the image the training views show instead.
     """
-    path = Path(cfg.output_dir) / "teacher_embeddings.safetensors"
+    path = Path(args.output_dir) / "teacher_embeddings.safetensors"
     metadata = {
-        name: str(getattr(cfg, name))
-        for name in ("teacher", "teacher_output", "teacher_image_size", "dataset", "split", "image_size")
+        name: str(getattr(args, name))
+        for name in ("teacher", "teacher_output", "teacher_image_size", "dataset", "split")
     }
-    metadata["num_images"] = str(len(dataset))
+    metadata.update(image_size=str(config.image_size), num_images=str(len(dataset)))
     found = _cached(path, metadata)
     if found is not None:
         accelerator.print(f"reusing the teacher embeddings cached in {path}")
         return found["embeddings"]
-    crop_pct = 1.0 if cfg.image_size <= 64 else 0.875
-    transform = eval_transform(cfg.image_size, cfg.image_mean, cfg.image_std, crop_pct)
+    transform = eval_transform(config.image_size, config.image_mean, config.image_std, config.crop_pct)
     images = DataLoader(
         ImageDataset(dataset, transform),
-        batch_size=cfg.teacher_batch_size,
+        batch_size=args.teacher_batch_size,
         collate_fn=collate,
-        num_workers=cfg.num_workers,
+        num_workers=args.num_workers,
     )
     features, _, indices = extract_features(
         teacher,
@@ -178,13 +161,15 @@ def teacher_embeddings_of_training_images(
     return embeddings
 
 
-def cluster_pseudo_labels(cfg: DistillRecipeConfig, accelerator, embeddings: torch.Tensor) -> torch.Tensor:
+def cluster_pseudo_labels(
+    args: DistillArguments, config: StudentConfig, accelerator, embeddings: torch.Tensor
+) -> torch.Tensor:
     """(num_images,) k-means cluster of each image's L2-normalized teacher embedding, cached in `output_dir`."""
-    path = Path(cfg.output_dir) / "teacher_clusters.safetensors"
+    path = Path(args.output_dir) / "teacher_clusters.safetensors"
     metadata = {
-        "num_clusters": str(cfg.num_clusters),
-        "kmeans_iters": str(cfg.kmeans_iters),
-        "seed": str(cfg.seed),
+        "num_clusters": str(config.num_clusters),
+        "kmeans_iters": str(args.kmeans_iters),
+        "seed": str(args.seed),
         "num_images": str(len(embeddings)),
         "embeddings_sum": f"{embeddings.double().sum().item():.10e}",  # ties the labels to the embeddings
     }
@@ -192,12 +177,14 @@ def cluster_pseudo_labels(cfg: DistillRecipeConfig, accelerator, embeddings: tor
     if found is None:
         # One process clusters and writes; the others read the file, so every process has the same labels.
         if accelerator.is_main_process:
-            accelerator.print(f"k-means: {cfg.num_clusters} clusters of {len(embeddings)} teacher embeddings")
+            accelerator.print(
+                f"k-means: {config.num_clusters} clusters of {len(embeddings)} teacher embeddings"
+            )
             centroids, labels = kmeans(
                 F.normalize(embeddings.to(accelerator.device), dim=1),
-                cfg.num_clusters,
-                iters=cfg.kmeans_iters,
-                seed=cfg.seed,
+                config.num_clusters,
+                iters=args.kmeans_iters,
+                seed=args.seed,
             )
             save_file({"labels": labels.cpu(), "centroids": centroids.cpu()}, str(path), metadata=metadata)
         accelerator.wait_for_everyone()
@@ -207,49 +194,54 @@ def cluster_pseudo_labels(cfg: DistillRecipeConfig, accelerator, embeddings: tor
     return found["labels"]
 
 
-def main(cfg: DistillRecipeConfig) -> dict[str, float]:
-    if cfg.teacher is None:
+def main(args: DistillArguments) -> dict[str, float]:
+    if args.teacher is None:
         raise SystemExit(
             "error: --teacher is required (a model folder, Hub id, timm:<name> or transformers id)"
         )
-    if cfg.teacher_view not in TEACHER_VIEWS:
+    if args.teacher_view not in TEACHER_VIEWS:
         raise SystemExit(
-            f"error: --teacher_view must be one of {list(TEACHER_VIEWS)}, got {cfg.teacher_view!r}"
+            f"error: --teacher_view must be one of {list(TEACHER_VIEWS)}, got {args.teacher_view!r}"
         )
-    needs_cache = cfg.loss == "cluster" or cfg.teacher_view == "eval"
-    if needs_cache and cfg.streaming:
+    loss = args.model.get("loss", StudentConfig.loss)
+    needs_cache = loss == "cluster" or args.teacher_view == "eval"
+    if needs_cache and args.streaming:
         raise SystemExit(
             "error: cached teacher outputs (cluster, --teacher_view eval) need a map-style dataset"
         )
 
     # Accelerator first: it decides devices, processes, mixed precision and seeds everything.
-    accelerator = create_accelerator(cfg)
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    accelerator = create_accelerator(args)
+    # The student config checks every model setting now (the teacher's width is filled in later).
+    config = student_config(args, teacher_dim=1)
+    os.makedirs(args.output_dir, exist_ok=True)
     if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        save_arguments(args, os.path.join(args.output_dir, "config.yaml"))
 
     # Data: the MoCo views; the student trains on the query view, the teacher sees it too (or the key view).
-    loader = pretraining_loader(
-        cfg, accelerator, cfg.augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
-    )
+    image = (config.image_size, config.image_mean, config.image_std, args.min_crop_scale)
+    loader = pretraining_loader(args, accelerator, args.augmentation, *image)
+    views = TwoViews(args, args.augmentation, *image)  # batched augmentation: views made on the device
+    length = RunLength.of(args, loader)
 
     # Teacher: frozen, eval mode, outside the student's module tree; it gets the student's images
     # re-normalized (and resized) to its own settings.
     with accelerator.main_process_first():  # the first process fills the Hub cache
         teacher = load_teacher(
-            cfg.teacher, cfg.teacher_output, pretrained=cfg.teacher_pretrained, device=accelerator.device
+            args.teacher, args.teacher_output, pretrained=args.teacher_pretrained, device=accelerator.device
         )
     to_teacher = renormalize_for_teacher(
-        teacher, cfg.image_mean, cfg.image_std, cfg.image_size, cfg.teacher_image_size
+        teacher, config.image_mean, config.image_std, config.image_size, args.teacher_image_size
     )
     accelerator.print(
-        f"teacher {cfg.teacher}: {teacher.embedding_dim}-d embeddings, inputs "
+        f"teacher {args.teacher}: {teacher.embedding_dim}-d embeddings, inputs "
         + ("as the student's" if to_teacher.is_identity else "re-normalized / resized for it")
     )
 
     # Model: the student and its loss state (queues, cluster head); every process builds the same one.
-    model = StudentForDistillation(student_config(cfg, teacher.embedding_dim))
-    if cfg.channels_last:
+    config = student_config(args, teacher.embedding_dim)
+    model = StudentForDistillation(config)
+    if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     # Teacher outputs of un-augmented images are computed once and cached; otherwise it runs every step.
@@ -257,78 +249,100 @@ def main(cfg: DistillRecipeConfig) -> dict[str, float]:
     if needs_cache:
         train_images = loader.dataset.dataset
         cached_embeddings = teacher_embeddings_of_training_images(
-            cfg, accelerator, nn.Sequential(to_teacher, teacher), train_images
+            args, config, accelerator, nn.Sequential(to_teacher, teacher), train_images
         )
-        if cfg.loss == "cluster":
-            pseudo_labels = cluster_pseudo_labels(cfg, accelerator, cached_embeddings)
+        if config.loss == "cluster":
+            pseudo_labels = cluster_pseudo_labels(args, config, accelerator, cached_embeddings)
             cached_embeddings = None  # the student learns the teacher's clusters, not its embeddings
     else:
         model.set_teacher(teacher)
 
     # Optimizer; the learning rate is a pure function of the step (set inside the loop).
-    optimizer = create_optimizer(model, cfg)
+    optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-
-    # The loop: resume, schedules, logs, kNN monitor and checkpoints are the shared TrainingRun's job.
-    run = TrainingRun(
-        cfg,
-        accelerator,
-        model,
-        optimizer,
-        loader,
-        encoder=lambda: unwrapped.student,
-        image_size=cfg.image_size,
-        mean=cfg.image_mean,
-        std=cfg.image_std,
-        name="distill",
+    peak_lr, warmup_steps = (
+        scaled_lr(args, accelerator.num_processes),
+        length.warmup_steps(args.warmup_epochs),
     )
-    # With batched augmentation the loader gives uint8 images and the views are made on the device.
-    views = TwoViews(cfg, cfg.augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale)
-    for batch in run:
-        images, other_view = views(batch, run)
+
+    # Checkpoints hold the student, its queues, optimizer, RNG states and the loop position.
+    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
+    step = checkpointer.resume(args.resume)
+    metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
+    monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
+    if monitor is not None and step == 0:
+        metrics["knn_top1_random_init"] = monitor(unwrapped.student)
+        accelerator.print(f"kNN top-1 before training: {metrics['knn_top1_random_init']:.4f}")
+    logger = RunLogger(accelerator, args, length, checkpointer, name="distill")
+
+    model.train()
+    for micro in micro_batches(loader, accelerator, length, step):
+        if micro.first:  # this optimizer step's learning rate
+            lr = cosine_lr(step, length.total_steps, peak_lr, warmup_steps)
+            set_lr(optimizer, lr)
+        images, other_view = views(micro.batch, micro.generator(accelerator, args.seed))
         teacher_inputs = {}
         if pseudo_labels is not None:
-            teacher_inputs["pseudo_labels"] = pseudo_labels[batch["index"].cpu()].to(images.device)
+            teacher_inputs["pseudo_labels"] = pseudo_labels[micro.batch["index"].cpu()].to(images.device)
         elif cached_embeddings is not None:
-            teacher_inputs["teacher_embeddings"] = cached_embeddings[batch["index"].cpu()].to(images.device)
+            teacher_inputs["teacher_embeddings"] = cached_embeddings[micro.batch["index"].cpu()].to(
+                images.device
+            )
         else:
-            view = other_view if cfg.teacher_view == "other" else images
+            view = other_view if args.teacher_view == "other" else images
             teacher_inputs["teacher_pixel_values"] = to_teacher(view)
         with accelerator.accumulate(model):
             # Queues (seed, compress) take the embeddings of every process, as MoCo's key queue does.
             output = model(pixel_values=images, **teacher_inputs)
-            run.backward(output.loss)
-    metrics = run.finish()
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        logger.update(output.loss, micro.batch)
+        if not micro.last:
+            continue
+
+        step += 1
+        logger.step(step, lr=lr)
+        at_end = step == length.total_steps
+        with logger.paused():  # monitor and checkpoint time is not training throughput
+            if monitor is not None and (step % args.knn_steps == 0 or at_end):
+                metrics["knn_top1"] = monitor(unwrapped.student)
+                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
+            if step % args.save_steps == 0 or at_end:
+                logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                checkpointer.save(step)
+    metrics = logger.summary(step)
 
     # The student encoder + image processor + model card naming the teacher; the teacher is not saved.
     if accelerator.is_main_process:
         publish_final_model(
-            cfg,
+            args,
             unwrapped.student,
             card=dict(
                 family="student",
-                paper=PAPERS[cfg.loss],
-                base_model=cfg.teacher_hub_id or cfg.teacher,
-                datasets=[dataset_card_name(cfg.dataset)],
+                paper=PAPERS[config.loss],
+                base_model=args.teacher_hub_id or args.teacher,
+                datasets=[dataset_card_name(args.dataset)],
                 summary=(
-                    f"A `{cfg.student}` student distilled from the frozen teacher `{cfg.teacher}` with the "
-                    f"`{cfg.loss}` loss, without labels. It maps an image to an embedding for retrieval, kNN "
-                    "classification, linear probing or fine-tuning; it predicts no labels by itself."
+                    f"A `{config.backbone}` student distilled from the frozen teacher `{args.teacher}` with "
+                    f"the `{config.loss}` loss, without labels. It maps an image to an embedding for retrieval, "
+                    "kNN classification, linear probing or fine-tuning; it predicts no labels by itself."
                 ),
                 reproduce_command=command_line(),
-                training_summary={
-                    "teacher": cfg.teacher,
-                    "loss": cfg.loss,
-                    "teacher_view": cfg.teacher_view,
-                    **metrics,
-                },
             ),
+            metrics={
+                "teacher": args.teacher,
+                "loss": config.loss,
+                "teacher_view": args.teacher_view,
+                **metrics,
+            },
         )
     accelerator.end_training()
     return metrics
 
 
 if __name__ == "__main__":
-    config = parse_config(DistillRecipeConfig)
-    main(config)
+    main(parse_args(DistillArguments))

@@ -53,59 +53,66 @@ from sslhub.evaluation import (
     update_model_card,
     write_results,
 )
-from sslhub.training import cosine_lr, parse_config, set_lr
+from sslhub.training import cosine_lr, parse_args, set_lr, setting
 
 PROTOCOLS = ("knn", "linear", "finetune")
 
 
 @dataclass
-class EvalConfig:
+class EvalArguments:
     """Evaluation settings: model, labelled data, protocol and outputs."""
 
     # model
-    model: str = "outputs/demo/final"  # sslhub folder or Hub id, "timm:<name>", or a transformers image model
-    pretrained: bool = True  # timm models: load timm's pretrained weights
-    random_init: bool = False  # the same architecture with fresh weights: the random-init baseline
-    image_size: int | None = None  # evaluate at this resolution instead of the model's own
-    crop_pct: float | None = None  # resize to image_size / crop_pct, then centre-crop; None: the model's
+    model: str = setting(
+        "outputs/demo/final", "sslhub folder or Hub id, timm:<name>, or a transformers image model"
+    )
+    pretrained: bool = setting(True, "timm models: load timm's pretrained weights")
+    random_init: bool = setting(False, "the same architecture with fresh weights: the random-init baseline")
+    image_size: int | None = setting(None, "evaluate at this resolution instead of the model's own")
+    crop_pct: float | None = setting(
+        None, "resize to image_size / crop_pct, then centre-crop; unset: the model's"
+    )
     # data: a Hub id, image folder, parquet file/glob, or "sample"; one dataset with two splits, or two
-    train_dataset: str = "sample"
-    eval_dataset: str | None = None  # defaults to train_dataset
-    split: str = "train"  # of train_dataset
-    eval_split: str | None = (
-        None  # "test" for the same dataset; else the first of test/validation/train found
+    train_dataset: str = setting("sample", "labelled training data: the kNN bank / the probe's training set")
+    eval_dataset: str | None = setting(None, "labelled evaluation data (default: train_dataset)")
+    split: str = setting("train", "split of train_dataset")
+    eval_split: str | None = setting(
+        None, "'test' for the same dataset; else the first of test/validation/train found"
     )
-    image_column: str | None = None  # found automatically when None
-    label_column: str | None = None
-    max_train_samples: int | None = None  # a random subset (seeded), for quick runs
-    max_eval_samples: int | None = None
+    image_column: str | None = setting(None, "the image column; found automatically when unset")
+    label_column: str | None = setting(None, "the label column; found automatically when unset")
+    max_train_samples: int | None = setting(None, "a random subset (seeded) of the training data")
+    max_eval_samples: int | None = setting(None, "a random subset (seeded) of the evaluation data")
     # protocol
-    protocol: str = "knn"  # "knn", "linear" or "finetune"
-    k: int = 200  # kNN neighbours (InstDisc)
-    temperature: float = 0.1  # kNN vote weights exp(s / T): 0.1 on CIFAR, 0.07 on ImageNet
-    epochs: int | None = None  # linear: 100 (over cached features), finetune: 30
-    learning_rate: float | None = None  # linear: 0.1 (SGD, standardized features), finetune: 5.0e-4 (AdamW)
-    weight_decay: float | None = None  # linear: 0, finetune: 0.05
-    optimizer: str | None = None  # linear: "sgd" or "adamw" (default sgd); finetune uses AdamW
-    warmup_epochs: float = 1.0  # finetune: linear warmup before the cosine decay
-    min_crop_scale: float = 0.08  # finetune: RandomResizedCrop scale lower bound (0.2-0.5 suits 32x32)
-    batch_size: int = 256  # per process
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
-    num_workers: int = 2
-    seed: int = 0
+    protocol: str = setting("knn", "knn, linear or finetune")
+    k: int = setting(200, "kNN neighbours (InstDisc)")
+    temperature: float = setting(0.1, "kNN vote weights exp(s / T): 0.1 on CIFAR, 0.07 on ImageNet")
+    epochs: int | None = setting(None, "linear: 100 (over cached features), finetune: 30")
+    learning_rate: float | None = setting(None, "linear: 0.1 (SGD, standardized features), finetune: 5e-4")
+    weight_decay: float | None = setting(None, "linear: 0, finetune: 0.05")
+    optimizer: str | None = setting(None, "linear: sgd or adamw (default sgd); finetune uses AdamW")
+    warmup_epochs: float = setting(1.0, "finetune: linear warmup before the cosine decay")
+    min_crop_scale: float = setting(0.08, "finetune: RandomResizedCrop scale lower bound (0.2-0.5 at 32x32)")
+    batch_size: int = setting(256, "images per process")
+    mixed_precision: str = setting("no", "'no', 'bf16' or 'fp16'")
+    num_workers: int = setting(2, "DataLoader worker processes")
+    seed: int = setting(0, "seed of subsets, the probe and fine-tuning")
     # outputs
-    output_dir: str = "outputs/eval"
-    cache_dir: str | None = (
-        None  # cache extracted features here (safetensors, keyed on model + data + transform)
+    output_dir: str = setting("outputs/eval", "results.json and pictures go here")
+    cache_dir: str | None = setting(
+        None, "cache extracted features here (safetensors, keyed on model + data)"
     )
-    plots: bool = False  # embedding map, retrieval grid and training curves as PNG
-    log_dir: str | None = (
-        None  # TensorBoard logs for the curves; default: the `logs` folder next to the model
+    plots: bool = setting(False, "embedding map, retrieval grid and training curves as PNG")
+    log_dir: str | None = setting(
+        None, "TensorBoard logs for the curves; default: the logs next to the model"
     )
-    update_card: bool = True  # add the result to the model card of a local sslhub model folder
+    update_card: bool = setting(True, "add the result to the model card of a local sslhub model folder")
 
 
-def load_split(cfg: EvalConfig, source: str, split: str, max_samples: int | None):
+EvalConfig = EvalArguments  # the name of sslhub 0.1
+
+
+def load_split(cfg: EvalArguments, source: str, split: str, max_samples: int | None):
     dataset = load_image_dataset(source, split, image_column=cfg.image_column, label_column=cfg.label_column)
     if "label" not in dataset.column_names:
         raise ValueError(f"{source!r} ({split}) has no label column; pass --label_column")
@@ -116,7 +123,7 @@ def load_split(cfg: EvalConfig, source: str, split: str, max_samples: int | None
     return dataset
 
 
-def load_eval_split(cfg: EvalConfig):
+def load_eval_split(cfg: EvalArguments):
     if cfg.eval_dataset is None or cfg.eval_split is not None:
         split = cfg.eval_split or "test"
         return load_split(cfg, cfg.eval_dataset or cfg.train_dataset, split, cfg.max_eval_samples), split
@@ -129,7 +136,7 @@ def load_eval_split(cfg: EvalConfig):
     raise ValueError(f"no test, validation or train split in {cfg.eval_dataset!r}; pass --eval_split")
 
 
-def main(cfg: EvalConfig) -> dict:
+def main(cfg: EvalArguments) -> dict:
     if cfg.protocol not in PROTOCOLS:
         raise SystemExit(f"error: --protocol must be one of {list(PROTOCOLS)}, got {cfg.protocol!r}")
     started = time.perf_counter()
@@ -356,7 +363,7 @@ def main(cfg: EvalConfig) -> dict:
     return results
 
 
-def save_plots(cfg: EvalConfig, output_dir: Path, features: dict, train_data, eval_data, names) -> None:
+def save_plots(cfg: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names) -> None:
     from sslhub.plots import plot_embedding_map, plot_retrieval_grid, plot_training_curves
 
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -399,4 +406,4 @@ def thumbnail(image, size: int = 96):
 
 
 if __name__ == "__main__":
-    main(parse_config(EvalConfig))
+    main(parse_args(EvalArguments))

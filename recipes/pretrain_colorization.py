@@ -3,8 +3,8 @@
     accelerate launch recipes/pretrain_colorization.py --config recipes/configs/colorization_resnet18_cifar10.yaml
     accelerate launch --config_file recipes/accelerate/multi_gpu.yaml recipes/pretrain_colorization.py \
         --config recipes/configs/colorization_resnet50_imagenet.yaml --output_dir outputs/color_r50
-    python recipes/pretrain_colorization.py --dataset sample --backbone resnet10t --small_input_stem \
-        --image_size 32 --max_steps 200 --batch_size 64             # one process, no launcher
+    python recipes/pretrain_colorization.py --dataset sample --model.backbone resnet10t \
+        --model.small_input_stem true --model.image_size 32 --max_steps 200 --batch_size 64   # no launcher
 
 The encoder sees the L channel of each image and a decoder predicts the distribution of its ab colour
 over the 313 in-gamut bins, trained with a class-rebalanced cross-entropy. Before training, the empirical
@@ -12,8 +12,9 @@ ab prior is estimated on `--prior_images` training images (at the 1/4 resolution
 and turned into the rebalancing weights (a buffer of the model, so checkpoints carry it and a resumed run
 does not re-estimate it).
 
-Settings: the defaults below, then the `--config` YAML file, then `--field value` overrides
-(`python recipes/pretrain_colorization.py --help` lists them). The run writes TensorBoard logs to
+Settings: the defaults below, then the `--config` YAML file, then `--name value` overrides; the model's
+settings are the `model:` section (`--model.backbone resnet18`), passed to `ColorizationConfig.<preset>`
+(`python recipes/pretrain_colorization.py --help` lists them all). The run writes TensorBoard logs to
 `output_dir/logs`, a PNG grid every `--sample_steps` steps to `output_dir/samples/step_N.png` (rows:
 grayscale input, prediction, ground truth), checkpoints to `output_dir/checkpoints/step_N`
 (`--resume latest` continues exactly), and the encoder (`ColorizationModel`) with its image processor
@@ -23,7 +24,7 @@ and model card to `output_dir/final`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -34,85 +35,66 @@ from torchvision.utils import make_grid, save_image
 
 from sslhub import ColorizationConfig, ColorizationForPreTraining
 from sslhub.color import colorize, estimate_ab_prior
-from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform, load_image_dataset
 from sslhub.training import (
-    TrainingConfig,
-    TrainingRun,
+    Checkpointer,
+    KNNMonitor,
+    RunLength,
+    RunLogger,
+    TrainingArguments,
     command_line,
+    cosine_lr,
     create_accelerator,
     create_optimizer,
-    parse_config,
+    micro_batches,
+    parse_args,
     pretraining_loader,
     publish_final_model,
     resolve_resume,
-    save_config,
+    save_arguments,
+    scaled_lr,
+    set_lr,
+    setting,
 )
 
 PRESETS = ("paper", "authors_code")
 
 
 @dataclass
-class ColorizationRecipeConfig(TrainingConfig):
-    """Colorization pre-training settings (model, augmentation, prior, sample grids; the rest is shared)."""
+class ColorizationArguments(TrainingArguments):
+    """Colorization pre-training settings: preset, augmentation, prior, sample grids (the rest is shared)."""
 
-    preset: str = "paper"  # "paper" or "authors_code" (10-neighbour soft-encoding): model settings left None
-    backbone: str = "resnet50"  # any timm model name; built with one input channel (L)
-    backbone_kwargs: dict | None = None
-    small_input_stem: bool = False  # 3x3 stride-1 stem, no max-pool: ResNets on 32x32 images
-    image_size: int = 176  # the authors' training crops (of 256x256 images)
-    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    min_crop_scale: float = 0.2  # lower bound of RandomResizedCrop's scale; no colour augmentation at all
-    # None keeps the preset's value
-    soft_encoding_neighbors: int | None = None
-    rebalancing_lambda: float | None = None
-    annealed_mean_temperature: float | None = None
-    decoder_hidden_size: int | None = None
-    decoder_num_layers: int | None = None
-    grey_mask: str | None = None
-    grey_threshold: float | None = None
+    model_config = ColorizationConfig
+
+    preset: str = setting("paper", "model preset: paper, or authors_code (10-neighbour soft-encoding)")
+    min_crop_scale: float = setting(0.2, "lower bound of RandomResizedCrop's scale; no colour augmentation")
     # class rebalancing: the empirical ab prior, estimated once before training
-    prior_images: int = 10000  # training images it is estimated on (a seeded random subset)
+    prior_images: int = setting(10000, "training images the ab prior is estimated on (a seeded subset)")
     # sample grids: grayscale input, prediction, ground truth of fixed held-out images
-    sample_steps: int = 500  # every N optimizer steps, at step 0 and at the end (0 disables)
-    sample_images: int = 8
-    sample_dataset: str | None = None  # defaults to knn_eval_dataset, then dataset
-    sample_split: str | None = None  # defaults to knn_eval_split
+    sample_steps: int = setting(
+        500, "a sample grid every N optimizer steps, at step 0 and at the end; 0: off"
+    )
+    sample_images: int = setting(8, "images in a sample grid")
+    sample_dataset: str | None = setting(
+        None, "data of the sample grids (default: knn_eval_dataset, dataset)"
+    )
+    sample_split: str | None = setting(None, "split of the sample grids (default: knn_eval_split)")
     # optimization: the paper's Adam (beta2 0.99, L2 1e-3) at lr 3e-5 for batch 40, i.e. 1.92e-4 per 256
     # images; here AdamW (decoupled decay) on a cosine schedule rather than steps at 200k / 375k iterations
-    optimizer: str = "adamw"
-    learning_rate: float = 1.92e-4
-    weight_decay: float = 1e-3
-    batch_size: int = 40
+    optimizer: str = setting("adamw", "'sgd', 'lars' or 'adamw'")
+    learning_rate: float = setting(1.92e-4, "peak learning rate per 256 images (the paper: 3e-5 at batch 40)")
+    weight_decay: float = setting(1e-3, "weight decay")
+    batch_size: int = setting(40, "images per process and micro-batch")
 
 
-MODEL_FIELDS = (
-    "soft_encoding_neighbors",
-    "rebalancing_lambda",
-    "annealed_mean_temperature",
-    "decoder_hidden_size",
-    "decoder_num_layers",
-    "grey_mask",
-    "grey_threshold",
-)
-
-
-def build_model(cfg: ColorizationRecipeConfig) -> ColorizationForPreTraining:
-    if cfg.preset not in PRESETS:
-        raise SystemExit(f"error: --preset must be one of {list(PRESETS)}, got {cfg.preset!r}")
-    overrides = {name: getattr(cfg, name) for name in MODEL_FIELDS if getattr(cfg, name) is not None}
-    config = getattr(ColorizationConfig, cfg.preset)(
-        backbone=cfg.backbone,
-        backbone_kwargs=cfg.backbone_kwargs,
-        small_input_stem=cfg.small_input_stem,
-        image_size=cfg.image_size,
-        image_mean=cfg.image_mean,
-        image_std=cfg.image_std,
-        crop_pct=1.0 if cfg.image_size <= 64 else 0.875,
-        **overrides,
-    )
-    return ColorizationForPreTraining(config)
+def colorization_config(args: ColorizationArguments) -> ColorizationConfig:
+    """The model config: the preset with the `model` section's settings."""
+    if args.preset not in PRESETS:
+        raise SystemExit(f"error: --preset must be one of {list(PRESETS)}, got {args.preset!r}")
+    try:
+        return getattr(ColorizationConfig, args.preset)(**args.model)
+    except ValueError as error:
+        raise SystemExit(f"error: model.{error}") from None
 
 
 def first_rows(
@@ -124,45 +106,43 @@ def first_rows(
     return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
 
 
-def estimate_prior(
-    cfg: ColorizationRecipeConfig, size: int, device: torch.device
-) -> tuple[torch.Tensor, int]:
+def estimate_prior(args: ColorizationArguments, size: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """The empirical ab-bin prior of `prior_images` unaugmented training images, and how many there were.
 
     The images are resized to `size`, the resolution of the loss's targets (1/4 of the input): the prior
     of what the loss sees, at a sixteenth of the cost of full resolution.
     """
     dataset = load_image_dataset(
-        cfg.dataset,
-        cfg.split,
-        image_column=cfg.image_column,
-        label_column=cfg.label_column,
-        streaming=cfg.streaming,
+        args.dataset,
+        args.split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        streaming=args.streaming,
     )
-    subset = first_rows(dataset, cfg.prior_images, cfg.seed)
+    subset = first_rows(dataset, args.prior_images, args.seed)
     # sRGB in [0, 1]: mean 0 and std 1 leave the pixels unnormalized.
     images = ImageDataset(subset, eval_transform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0))
-    loader = DataLoader(images, batch_size=256, collate_fn=collate, num_workers=cfg.num_workers)
+    loader = DataLoader(images, batch_size=256, collate_fn=collate, num_workers=args.num_workers)
     prior = estimate_ab_prior(batch["pixel_values"].to(device) for batch in loader if "pixel_values" in batch)
     return prior, len(subset)
 
 
-def held_out_images(cfg: ColorizationRecipeConfig) -> torch.Tensor:
+def held_out_images(args: ColorizationArguments, config: ColorizationConfig) -> torch.Tensor:
     """The fixed held-out images of the sample grids, normalized like the training views.
 
     Falls back to training images (with a warning) when the dataset has no such held-out split.
     """
-    source = cfg.sample_dataset or cfg.knn_eval_dataset or cfg.dataset
-    split = cfg.sample_split or cfg.knn_eval_split
-    columns = dict(image_column=cfg.image_column, label_column=cfg.label_column, streaming=cfg.streaming)
+    source = args.sample_dataset or args.knn_eval_dataset or args.dataset
+    split = args.sample_split or args.knn_eval_split
+    columns = dict(image_column=args.image_column, label_column=args.label_column, streaming=args.streaming)
     try:
         dataset = load_image_dataset(source, split, **columns)
     except ValueError as error:
         print(f"warning: sample grids show training images: no held-out split ({error}); set --sample_split")
-        dataset = load_image_dataset(cfg.dataset, cfg.split, **columns)
+        dataset = load_image_dataset(args.dataset, args.split, **columns)
     images = ImageDataset(
-        first_rows(dataset, cfg.sample_images, cfg.seed),
-        eval_transform(cfg.image_size, cfg.image_mean, cfg.image_std, 1.0),
+        first_rows(dataset, args.sample_images, args.seed),
+        eval_transform(config.image_size, config.image_mean, config.image_std, 1.0),
     )
     return torch.stack([item["pixel_values"] for item in images if item is not None])
 
@@ -194,86 +174,110 @@ def save_sample_grid(
     return grid
 
 
-def main(cfg: ColorizationRecipeConfig) -> dict[str, float]:
+def main(args: ColorizationArguments) -> dict[str, float]:
     # Accelerator first: it decides devices, processes, mixed precision and seeds everything.
-    accelerator = create_accelerator(cfg)
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    accelerator = create_accelerator(args)
+    # The model config checks every model setting now, before any data is read.
+    config = colorization_config(args)
+    os.makedirs(args.output_dir, exist_ok=True)
     if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        save_arguments(args, os.path.join(args.output_dir, "config.yaml"))
 
     # Data: one view per image, geometry only (colour augmentation would corrupt the target).
-    loader = pretraining_loader(
-        cfg, accelerator, "crop_flip", cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
-    )
-    samples = held_out_images(cfg) if cfg.sample_steps and accelerator.is_main_process else None
+    image = (config.image_size, config.image_mean, config.image_std, args.min_crop_scale)
+    loader = pretraining_loader(args, accelerator, "crop_flip", *image)
+    length = RunLength.of(args, loader)
+    samples = held_out_images(args, config) if args.sample_steps and accelerator.is_main_process else None
 
     # Model; a fresh run estimates the rebalancing weights, a resumed one loads them with its checkpoint.
-    model = build_model(cfg)
-    if resolve_resume(cfg.resume, cfg.output_dir) is None:
+    model = ColorizationForPreTraining(config)
+    if resolve_resume(args.resume, args.output_dir) is None:
         with accelerator.main_process_first():  # every process reads the same subset: same weights
-            target_size = max(cfg.image_size // model.config.decoder_output_stride, 1)
-            prior, counted = estimate_prior(cfg, target_size, accelerator.device)
+            target_size = max(config.image_size // config.decoder_output_stride, 1)
+            prior, counted = estimate_prior(args, target_size, accelerator.device)
         weights = model.set_class_weights_from_prior(prior)
         accelerator.print(
             f"ab prior from {counted} images: {int((prior > 0).sum())}/{len(prior)} bins seen, "
             f"rebalancing weights {weights.min():.3g} to {weights.max():.3g}"
         )
-    if cfg.channels_last:
+    if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     # Optimizer; the learning rate is a pure function of the step (set inside the loop).
-    optimizer = create_optimizer(model, cfg)
+    optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-
-    # The loop: resume, schedules, logs, kNN monitor and checkpoints are the shared TrainingRun's job.
-    run = TrainingRun(
-        cfg,
-        accelerator,
-        model,
-        optimizer,
-        loader,
-        encoder=lambda: unwrapped.encoder,
-        image_size=cfg.image_size,
-        mean=cfg.image_mean,
-        std=cfg.image_std,
-        name="pretrain-colorization",
+    peak_lr, warmup_steps = (
+        scaled_lr(args, accelerator.num_processes),
+        length.warmup_steps(args.warmup_epochs),
     )
 
+    # Checkpoints hold the model (with its class weights), optimizer, RNG states and the loop position.
+    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
+    step = checkpointer.resume(args.resume)
+    metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
+    monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
+    if monitor is not None and step == 0:
+        metrics["knn_top1_random_init"] = monitor(unwrapped.encoder)
+        accelerator.print(f"kNN top-1 before training: {metrics['knn_top1_random_init']:.4f}")
+    logger = RunLogger(accelerator, args, length, checkpointer, name="pretrain-colorization")
+
     def sample(step: int) -> None:
-        grid = save_sample_grid(unwrapped, samples, Path(cfg.output_dir) / "samples" / f"step_{step}.png")
+        grid = save_sample_grid(unwrapped, samples, Path(args.output_dir) / "samples" / f"step_{step}.png")
         accelerator.get_tracker("tensorboard", unwrap=True).add_image("samples", grid, step)
 
-    for batch in run:
-        # The grid of step N shows the model after N optimizer steps (step 0: random init).
-        if samples is not None and run.first_micro_batch and run.step % cfg.sample_steps == 0:
-            sample(run.step)
-        pixel_values = batch["pixel_values"]
-        if cfg.channels_last:
+    model.train()
+    for micro in micro_batches(loader, accelerator, length, step):
+        if micro.first:  # this optimizer step's learning rate
+            # The grid of step N shows the model after N optimizer steps (step 0: random init).
+            if samples is not None and step % args.sample_steps == 0:
+                sample(step)
+            lr = cosine_lr(step, length.total_steps, peak_lr, warmup_steps)
+            set_lr(optimizer, lr)
+        pixel_values = micro.batch["pixel_values"]
+        if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
-            run.backward(model(pixel_values=pixel_values).loss)
-    metrics = run.finish()
+            output = model(pixel_values=pixel_values)
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        logger.update(output.loss, micro.batch)
+        if not micro.last:
+            continue
+
+        step += 1
+        logger.step(step, lr=lr)
+        at_end = step == length.total_steps
+        with logger.paused():  # monitor and checkpoint time is not training throughput
+            if monitor is not None and (step % args.knn_steps == 0 or at_end):
+                metrics["knn_top1"] = monitor(unwrapped.encoder)
+                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
+            if step % args.save_steps == 0 or at_end:
+                logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                checkpointer.save(step)
+    metrics = logger.summary(step)
     if samples is not None:
-        sample(run.step)
+        sample(step)
 
     # The inference model (the encoder on L) + image processor + model card, ready to push.
     if accelerator.is_main_process:
         publish_final_model(
-            cfg,
+            args,
             unwrapped.encoder,
             card=dict(
                 family="colorization",
                 paper="colorization",
-                datasets=[dataset_card_name(cfg.dataset)],
+                datasets=[dataset_card_name(args.dataset)],
                 reproduce_command=command_line(),
-                training_summary=metrics,
             ),
+            metrics=metrics,
         )
     accelerator.end_training()
     return metrics
 
 
 if __name__ == "__main__":
-    config = parse_config(ColorizationRecipeConfig)
-    main(config)
+    main(parse_args(ColorizationArguments))

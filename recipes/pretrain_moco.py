@@ -5,8 +5,9 @@
         --config recipes/configs/moco_v2_resnet50_imagenet.yaml --output_dir outputs/r50
     python recipes/pretrain_moco.py --config recipes/configs/demo.yaml      # one process, no launcher
 
-Settings: the defaults below, then the `--config` YAML file, then `--field value` overrides
-(`python recipes/pretrain_moco.py --help` lists them). The run writes TensorBoard logs to
+Settings: the defaults below, then the `--config` YAML file, then `--name value` overrides; the model's
+settings are the `model:` section (`--model.temperature 0.1`), passed to `MoCoConfig.<version>`
+(`python recipes/pretrain_moco.py --help` lists them all). The run writes TensorBoard logs to
 `output_dir/logs`, checkpoints to `output_dir/checkpoints/step_N` (`--resume latest` continues exactly),
 and the inference model with its image processor and model card to `output_dir/final`.
 """
@@ -14,158 +15,164 @@ and the inference model with its image processor and model card to `output_dir/f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
-from sslhub.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from sslhub.data import dataset_card_name
 from sslhub.momentum import cosine_momentum
 from sslhub.training import (
-    TrainingConfig,
-    TrainingRun,
+    Checkpointer,
+    KNNMonitor,
+    RunLength,
+    RunLogger,
+    TrainingArguments,
     TwoViews,
     command_line,
+    cosine_lr,
     create_accelerator,
     create_optimizer,
-    parse_config,
+    micro_batches,
+    parse_args,
     pretraining_loader,
     publish_final_model,
-    save_config,
+    save_arguments,
+    scaled_lr,
+    set_lr,
+    setting,
 )
 
 
 @dataclass
-class MoCoRecipeConfig(TrainingConfig):
-    """MoCo pre-training settings (model and augmentation; the rest is shared by every recipe)."""
+class MoCoArguments(TrainingArguments):
+    """MoCo pre-training settings (the rest is shared by every recipe)."""
 
-    version: str = "v2"  # "v1", "v2" or "v3": picks the paper preset for every model setting left as None
-    backbone: str = "resnet50"  # any timm model name
-    backbone_kwargs: dict | None = None
-    small_input_stem: bool = False  # 3x3 stride-1 stem, no max-pool: ResNets on 32x32 images
-    image_size: int = 224
-    image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    augmentation: str | None = None  # "v1", "v2" or "v3"; defaults to `version`
-    min_crop_scale: float | None = None  # lower bound of RandomResizedCrop's scale (0.2 v1/v2, 0.08 v3)
-    # None keeps the preset's value
-    queue_size: int | None = None
-    momentum: float | None = None  # key-encoder EMA momentum (start value when final_momentum is set)
-    final_momentum: float | None = None  # cosine schedule of the momentum to this value (v3: 1.0)
-    temperature: float | None = None
-    symmetric_loss: bool | None = None
-    projection_dim: int | None = None
-    projector_hidden_size: int | None = None
-    predictor_hidden_size: int | None = None
-    # ViTs: keep the patch embedding at its random init (the MoCo v3 stability trick)
-    freeze_patch_embed: bool = False
+    model_config = MoCoConfig
+    model_fields_set_by_recipe = ("version", "batch_size")
 
-
-MODEL_FIELDS = (
-    "queue_size",
-    "momentum",
-    "temperature",
-    "symmetric_loss",
-    "projection_dim",
-    "projector_hidden_size",
-    "predictor_hidden_size",
-)
-
-
-def build_model(cfg: MoCoRecipeConfig, global_batch: int) -> MoCoForPreTraining:
-    overrides = {name: getattr(cfg, name) for name in MODEL_FIELDS if getattr(cfg, name) is not None}
-    preset = getattr(MoCoConfig, cfg.version)
-    config = preset(
-        backbone=cfg.backbone,
-        backbone_kwargs=cfg.backbone_kwargs,
-        small_input_stem=cfg.small_input_stem,
-        image_size=cfg.image_size,
-        image_mean=cfg.image_mean,
-        image_std=cfg.image_std,
-        crop_pct=1.0 if cfg.image_size <= 64 else 0.875,
-        batch_size=global_batch,
-        **overrides,
+    version: str = setting(
+        "v2", "MoCo version: v1, v2 or v3; its preset fills every model setting left unset"
     )
-    return MoCoForPreTraining(config)
+    augmentation: str | None = setting(None, "augmentation preset v1, v2 or v3 (default: the version)")
+    min_crop_scale: float | None = setting(
+        None, "lower bound of RandomResizedCrop's scale (0.2 v1/v2, 0.08 v3)"
+    )
+    final_momentum: float | None = setting(
+        None, "cosine schedule of the key-encoder momentum to this (v3: 1.0)"
+    )
+    freeze_patch_embed: bool = setting(False, "ViTs: keep the patch embedding at its random init (MoCo v3)")
 
 
-def main(cfg: MoCoRecipeConfig) -> dict[str, float]:
+def moco_config(args: MoCoArguments, global_batch: int) -> MoCoConfig:
+    """The model config: the version's preset with the `model` section's settings."""
+    if args.version not in ("v1", "v2", "v3"):
+        raise SystemExit(f"error: --version must be v1, v2 or v3, got {args.version!r}")
+    try:
+        return getattr(MoCoConfig, args.version)(**args.model, batch_size=global_batch)
+    except ValueError as error:
+        raise SystemExit(f"error: model.{error}") from None
+
+
+def main(args: MoCoArguments) -> dict[str, float]:
     # Accelerator first: it decides devices, processes, mixed precision and seeds everything.
-    accelerator = create_accelerator(cfg)
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    accelerator = create_accelerator(args)
+    # The model config checks every model setting now, before any data is read.
+    config = moco_config(args, args.batch_size * accelerator.num_processes)
+    os.makedirs(args.output_dir, exist_ok=True)
     if accelerator.is_main_process:
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        save_arguments(args, os.path.join(args.output_dir, "config.yaml"))
 
     # Data: two views per image; sharded across processes, order a function of (seed, epoch).
-    augmentation = cfg.augmentation or cfg.version
-    loader = pretraining_loader(
-        cfg, accelerator, augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale
-    )
+    augmentation = args.augmentation or args.version
+    image = (config.image_size, config.image_mean, config.image_std, args.min_crop_scale)
+    loader = pretraining_loader(args, accelerator, augmentation, *image)
+    views = TwoViews(args, augmentation, *image)  # batched augmentation: views made on the device
+    length = RunLength.of(args, loader)
 
     # Model: every process builds the same model (same seed), so query, key and queue start identical.
-    model = build_model(cfg, cfg.batch_size * accelerator.num_processes)
-    if cfg.freeze_patch_embed:
+    model = MoCoForPreTraining(config)
+    if args.freeze_patch_embed:
         model.query_encoder.backbone.patch_embed.requires_grad_(False)
-    if model.config.key_batch_norm == "sync" and accelerator.num_processes > 1:
+    if config.key_batch_norm == "sync" and accelerator.num_processes > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.channels_last:
+    if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    base_momentum = model.config.momentum
 
     # Optimizer; learning rate and momentum are pure functions of the step (set inside the loop).
-    optimizer = create_optimizer(model, cfg)
+    optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-
-    # The loop: resume, schedules, logs, kNN monitor and checkpoints are the shared TrainingRun's job.
-    run = TrainingRun(
-        cfg,
-        accelerator,
-        model,
-        optimizer,
-        loader,
-        encoder=lambda: unwrapped.query_encoder,
-        image_size=cfg.image_size,
-        mean=cfg.image_mean,
-        std=cfg.image_std,
-        name="pretrain-moco",
+    peak_lr, warmup_steps = (
+        scaled_lr(args, accelerator.num_processes),
+        length.warmup_steps(args.warmup_epochs),
     )
-    # With batched augmentation the loader gives uint8 images and the views are made on the device.
-    views = TwoViews(cfg, augmentation, cfg.image_size, cfg.image_mean, cfg.image_std, cfg.min_crop_scale)
-    for batch in run:
-        if run.first_micro_batch and cfg.final_momentum is not None:
-            unwrapped.momentum = cosine_momentum(run.step, run.total_steps, base_momentum, cfg.final_momentum)
-        query, key = views(batch, run)
+
+    # Checkpoints hold weights, key encoder, queue, optimizer, RNG states and the loop position.
+    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
+    step = checkpointer.resume(args.resume)
+    metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
+    monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
+    if monitor is not None and step == 0:
+        metrics["knn_top1_random_init"] = monitor(unwrapped.query_encoder)
+        accelerator.print(f"kNN top-1 before training: {metrics['knn_top1_random_init']:.4f}")
+    logger = RunLogger(accelerator, args, length, checkpointer, name="pretrain-moco")
+
+    model.train()
+    for micro in micro_batches(loader, accelerator, length, step):
+        if micro.first:  # this optimizer step's learning rate and key-encoder momentum
+            lr = cosine_lr(step, length.total_steps, peak_lr, warmup_steps)
+            set_lr(optimizer, lr)
+            if args.final_momentum is not None:
+                unwrapped.momentum = cosine_momentum(
+                    step, length.total_steps, config.momentum, args.final_momentum
+                )
+        query, key = views(micro.batch, micro.generator(accelerator, args.seed))
         with accelerator.accumulate(model):
             # The key encoder moves once per optimizer step, before its keys are computed.
             output = model(
                 query_pixel_values=query,
                 key_pixel_values=key,
-                update_key_encoder=run.first_micro_batch,
+                update_key_encoder=micro.first,
                 enqueue_keys=True,
             )
-            run.backward(output.loss)
-        run.log(momentum=unwrapped.momentum)
-    metrics = run.finish()
+            accelerator.backward(output.loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        logger.update(output.loss, micro.batch)
+        if not micro.last:
+            continue
+
+        step += 1
+        logger.step(step, lr=lr, momentum=unwrapped.momentum)
+        at_end = step == length.total_steps
+        with logger.paused():  # monitor and checkpoint time is not training throughput
+            if monitor is not None and (step % args.knn_steps == 0 or at_end):
+                metrics["knn_top1"] = monitor(unwrapped.query_encoder)
+                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
+            if step % args.save_steps == 0 or at_end:
+                logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                checkpointer.save(step)
+    metrics = logger.summary(step)
 
     # The inference model (query encoder) + image processor + model card, ready to push.
     if accelerator.is_main_process:
         publish_final_model(
-            cfg,
+            args,
             unwrapped.query_encoder,
             card=dict(
-                family=f"MoCo {cfg.version}",
-                paper=f"moco-{cfg.version}",  # a key of sslhub.hub.PAPERS
-                datasets=[dataset_card_name(cfg.dataset)],
+                family=f"MoCo {args.version}",
+                paper=f"moco-{args.version}",  # a key of sslhub.hub.PAPERS
+                datasets=[dataset_card_name(args.dataset)],
                 reproduce_command=command_line(),
-                training_summary=metrics,
             ),
+            metrics=metrics,
         )
     accelerator.end_training()
     return metrics
 
 
 if __name__ == "__main__":
-    config = parse_config(MoCoRecipeConfig)
-    main(config)
+    main(parse_args(MoCoArguments))

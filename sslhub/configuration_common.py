@@ -22,23 +22,32 @@ def check_positive(field: str, value) -> None:
         raise ValueError(f"{field} must be a positive number, got {value!r}")
 
 
+def default_crop_pct(image_size: int) -> float:
+    """The centre-crop fraction of evaluation: 1.0 for small (CIFAR-sized) images, else 0.875."""
+    return 1.0 if image_size <= 64 else 0.875
+
+
 class SSLHubConfig(PretrainedConfig):
     """Base of the sslhub configs: the input settings every model is trained with.
 
     They become the image processor saved next to the weights. Fields:
         image_size: side of the square input the model was trained on.
         image_mean / image_std: per-channel normalization applied to RGB values in [0, 1].
-        crop_pct: at inference the image is resized to `image_size / crop_pct`, then centre-cropped.
+        crop_pct: at inference the image is resized to `image_size / crop_pct`, then centre-cropped;
+            unset: 0.875 (timm's and the papers' ImageNet evaluation), 1.0 for images of 64 pixels or less
+            (CIFAR-sized images are not cropped).
     """
 
     image_size: int = 224
     image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875
+    crop_pct: float | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         check_positive("image_size", self.image_size)
+        if self.crop_pct is None:
+            self.crop_pct = default_crop_pct(self.image_size)
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         for name in ("image_mean", "image_std"):

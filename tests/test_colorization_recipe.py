@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from sslhub.color import estimate_ab_prior, rebalancing_weights, rgb_to_lab
 from sslhub.data import crop_flip_transform, decode_image, eval_transform, load_image_dataset
-from sslhub.training import parse_config
+from sslhub.training import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pretrain_colorization.py"
@@ -128,36 +128,35 @@ def test_crop_flip_view_keeps_the_colours():
 def test_shipped_configs_parse(config):
     sys.path.insert(0, str(RECIPE.parent))
     try:
-        from pretrain_colorization import ColorizationRecipeConfig, build_model
+        from pretrain_colorization import ColorizationArguments, colorization_config
     finally:
         sys.path.pop(0)
-    cfg = parse_config(ColorizationRecipeConfig, ["--config", str(config)])
-    assert cfg.batch_size > 0 and cfg.output_dir and cfg.optimizer in ("sgd", "lars", "adamw")
-    with torch.device("meta"):
-        model = build_model(cfg)  # every model setting is valid
-    assert model.config.backbone == cfg.backbone
+    args = parse_args(ColorizationArguments, ["--config", str(config)])
+    assert args.batch_size > 0 and args.output_dir and args.optimizer in ("sgd", "lars", "adamw")
+    config = colorization_config(args)  # every model setting is valid
+    assert config.backbone == args.model["backbone"]
 
 
 def test_command_line_no_is_a_string_for_string_settings():
     sys.path.insert(0, str(RECIPE.parent))
     try:
-        from pretrain_colorization import ColorizationRecipeConfig
+        from pretrain_colorization import ColorizationArguments
     finally:
         sys.path.pop(0)
-    cfg = parse_config(ColorizationRecipeConfig, ["--mixed_precision", "no", "--channels_last", "false"])
-    assert cfg.mixed_precision == "no" and cfg.channels_last is False
+    args = parse_args(ColorizationArguments, ["--mixed_precision", "no", "--channels_last", "false"])
+    assert args.mixed_precision == "no" and args.channels_last is False
 
 
 def test_sample_grids_fall_back_to_training_images_without_a_held_out_split(capsys):
     sys.path.insert(0, str(RECIPE.parent))
     try:
-        from pretrain_colorization import ColorizationRecipeConfig, held_out_images
+        from pretrain_colorization import ColorizationArguments, colorization_config, held_out_images
     finally:
         sys.path.pop(0)
     single_file = str(ROOT / "sslhub" / "sample" / "test.parquet")  # one parquet file: a "train" split only
-    cfg = parse_config(
-        ColorizationRecipeConfig, ["--dataset", single_file, "--image_size", "32", "--sample_images", "3"]
+    args = parse_args(
+        ColorizationArguments, ["--dataset", single_file, "--model.image_size", "32", "--sample_images", "3"]
     )
-    images = held_out_images(cfg)
+    images = held_out_images(args, colorization_config(args))
     assert images.shape == (3, 3, 32, 32)
     assert "no held-out split" in capsys.readouterr().out

@@ -18,7 +18,7 @@ from torch import nn
 from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
 from sslhub.distillation import Renormalize, renormalize_for_teacher
 from sslhub.modeling_student import TeacherAdapter
-from sslhub.training import parse_config
+from sslhub.training import parse_args
 
 from .helpers import tiny_moco_v2
 
@@ -201,12 +201,12 @@ def test_renormalize_for_teacher_reads_the_teachers_settings():
 def test_shipped_distillation_configs_parse(config):
     sys.path.insert(0, str(RECIPE.parent))
     try:
-        from distill import DistillRecipeConfig, student_config
+        from distill import DistillArguments, student_config
     finally:
         sys.path.pop(0)
-    cfg = parse_config(DistillRecipeConfig, ["--config", str(config)])
-    assert cfg.teacher == "outputs/moco_v2_resnet50_imagenet/final"
-    teacher_dim = 2048 if cfg.teacher_output == "pooled" else 128
-    student = student_config(cfg, teacher_dim)
-    assert student.backbone == cfg.student and student.teacher_name == cfg.teacher
+    args = parse_args(DistillArguments, ["--config", str(config)])
+    assert args.teacher == "outputs/moco_v2_resnet50_imagenet/final"
+    teacher_dim = 2048 if args.teacher_output == "pooled" else 128
+    student = student_config(args, teacher_dim)
+    assert student.backbone == args.model["backbone"] and student.teacher_name == args.teacher
     assert student.loss in ("seed", "compress_2q") and student.queue_size >= 65536

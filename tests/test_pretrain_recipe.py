@@ -151,28 +151,29 @@ MOCO_CONFIGS = sorted(
 def test_shipped_configs_parse(config):
     sys.path.insert(0, str(RECIPE.parent))
     try:
-        from pretrain_moco import MoCoRecipeConfig
+        from pretrain_moco import MoCoArguments, moco_config
 
-        from sslhub.training import parse_config
+        from sslhub.training import parse_args
     finally:
         sys.path.pop(0)
-    cfg = parse_config(MoCoRecipeConfig, ["--config", str(config)])
-    assert cfg.batch_size > 0 and cfg.output_dir
+    args = parse_args(MoCoArguments, ["--config", str(config)])
+    assert args.batch_size > 0 and args.output_dir
+    assert moco_config(args, global_batch=args.batch_size).version == args.version  # every model setting is valid
 
 
 def test_moco_v3_with_lars_accumulation_and_momentum_schedule(tmp_path):
     result = _run(
         "--version",
         "v3",
-        "--backbone",
+        "--model.backbone",
         "test_vit",
-        "--backbone_kwargs",
+        "--model.backbone_kwargs",
         "{img_size: 32, patch_size: 8}",
-        "--queue_size",
-        "null",
-        "--projector_hidden_size",
+        "--model.queue_size",
+        "0",
+        "--model.projector_hidden_size",
         "64",
-        "--predictor_hidden_size",
+        "--model.predictor_hidden_size",
         "64",
         "--optimizer",
         "lars",

@@ -1,87 +1,129 @@
-"""The shared training pieces: typed configs, schedules, checkpoints, the loss watch."""
+"""The shared training pieces: settings (YAML, command line, the model section), schedules, checkpoints,
+the loss watch."""
 
 import math
+import re
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from sslhub import MoCoConfig
 from sslhub.training import (
     LossWatch,
     NonFiniteLossError,
-    TrainingConfig,
+    TrainingArguments,
     cosine_lr,
     list_checkpoints,
-    parse_config,
+    parse_args,
     resolve_resume,
+    setting,
 )
 
 
 @dataclass
-class RecipeConfig(TrainingConfig):
-    backbone: str = "resnet18"
-    temperature: float | None = None
-    backbone_kwargs: dict | None = None
-    image_mean: list[float] | None = None
+class RecipeArguments(TrainingArguments):
+    """A test recipe."""
+
+    model_config = MoCoConfig
+    model_fields_set_by_recipe = ("batch_size",)
+    legacy_model_names = {"student": "backbone"}
+
+    augmentation: str | None = setting(None, "the augmentation preset")
+    milestones: list[int] = setting([120, 160], "epochs of the step schedule")
 
 
 def test_yaml_then_command_line_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("backbone: resnet50\nbatch_size: 64\nlearning_rate: 0.06\nmax_steps: 10\n")
-    cfg = parse_config(
-        RecipeConfig,
+    path.write_text(
+        "batch_size: 64\nlearning_rate: 0.06\nmax_steps: 10\nmodel:\n  backbone: resnet50\n  temperature: 0.5\n"
+    )
+    args = parse_args(
+        RecipeArguments,
         [
             "--config",
             str(path),
             "--batch_size",
             "32",
             "--mixed_precision=bf16",
-            "--temperature",
+            "--model.temperature",
             "0.2",
             "--streaming",
-            "--backbone_kwargs",
+            "--model.backbone_kwargs",
             "{drop_path_rate: 0.1}",
-            "--image_mean",
-            "[0.5, 0.5, 0.5]",
+            "--model.image_mean=[0.5, 0.5, 0.5]",
+            "--milestones",
+            "[10, 20]",
         ],
     )
-    assert (cfg.backbone, cfg.batch_size, cfg.learning_rate, cfg.max_steps) == ("resnet50", 32, 0.06, 10)
-    assert cfg.mixed_precision == "bf16" and cfg.temperature == 0.2 and cfg.streaming is True
-    assert cfg.backbone_kwargs == {"drop_path_rate": 0.1} and cfg.image_mean == [0.5, 0.5, 0.5]
-    assert parse_config(RecipeConfig, ["--resume", "null"]).resume is None
-    assert parse_config(RecipeConfig, ["--resume", "latest"]).resume == "latest"
+    assert (args.batch_size, args.learning_rate, args.max_steps) == (32, 0.06, 10)
+    assert args.mixed_precision == "bf16" and args.streaming is True and args.milestones == [10, 20]
+    assert args.model == {
+        "backbone": "resnet50",
+        "temperature": 0.2,
+        "backbone_kwargs": {"drop_path_rate": 0.1},
+        "image_mean": [0.5, 0.5, 0.5],
+    }
+    assert parse_args(RecipeArguments, ["--resume", "null"]).resume is None
+    assert parse_args(RecipeArguments, ["--resume", "latest"]).resume == "latest"
+    assert parse_args(RecipeArguments, ["--mixed_precision", "no"]).mixed_precision == "no"
+
+
+def test_the_model_section_goes_to_the_config_preset_unchanged(tmp_path):
+    args = parse_args(RecipeArguments, ["--model.queue_size", "4096", "--model.small_input_stem"])
+    config = MoCoConfig.v2(**args.model)
+    assert config.queue_size == 4096 and config.small_input_stem is True and config.temperature == 0.2
+
+
+def test_flat_spellings_of_model_settings_still_work_and_warn(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("temperature: 0.1\nbackbone: resnet18\n")
+    args = parse_args(RecipeArguments, ["--config", str(path), "--queue_size", "1024", "--student=test_resnet"])
+    assert args.model == {"temperature": 0.1, "backbone": "test_resnet", "queue_size": 1024}
+    warnings = capsys.readouterr().err
+    assert "write --model.temperature" in warnings and "write --model.backbone" in warnings
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (
-            ["--batch_sise", "3"],
-            "unknown setting 'batch_sise' in the command line; did you mean --batch_size",
-        ),
+        (["--batch_sise", "3"], "unknown setting --batch_sise; did you mean --batch_size"),
+        (["--model.temprature", "3"], "unknown model setting 'temprature'.*did you mean --model.temperature"),
+        (["--model.batch_size", "3"], "model.batch_size .* is set by the recipe"),
+        (["--model.temperature", "hot"], "model.temperature expects a number"),
         (["--batch_size", "big"], "--batch_size expects an integer"),
         (["--streaming", "maybe"], "--streaming expects true or false"),
         (["--learning_rate", "fast"], "--learning_rate expects a number"),
-        (["positional"], "expected --field value"),
+        (["positional"], "not used .*positional"),
     ],
 )
-def test_bad_settings_end_with_a_clear_message(argv, message):
-    with pytest.raises(SystemExit, match=message):
-        parse_config(RecipeConfig, argv)
+def test_bad_settings_end_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args(RecipeArguments, argv)
+    said = str(raised.value.code) + capsys.readouterr().err
+    assert raised.value.code != 0
+    assert re.search(message, said), said
 
 
 def test_unknown_field_in_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("lerning_rate: 0.1\n")
     with pytest.raises(SystemExit, match=r"unknown setting 'lerning_rate' in .*bad.yaml"):
-        parse_config(RecipeConfig, ["--config", str(path)])
+        parse_args(RecipeArguments, ["--config", str(path)])
 
 
-def test_help_lists_every_setting(capsys):
-    with pytest.raises(SystemExit):
-        parse_config(RecipeConfig, ["--help"])
-    text = capsys.readouterr().out
-    assert "--max_steps" in text and "--backbone" in text and "--resume" in text
+@pytest.mark.parametrize("where", [0, 3])
+def test_help_anywhere_lists_every_setting_with_its_documentation(capsys, where):
+    argv = ["--batch_size", "32", "--model.temperature", "0.1"]
+    argv.insert(where, "--help")
+    with pytest.raises(SystemExit) as raised:
+        parse_args(RecipeArguments, argv)
+    assert raised.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max_steps" in text and "--resume" in text and "--config" in text
+    assert "peak learning rate per 256 images" in text  # the field's own help line
+    assert "--model.temperature softmax temperature T of InfoNCE" in text  # from MoCoConfig's docstring
+    assert "--model.batch_size" not in text  # filled by the recipe
 
 
 def test_cosine_lr_with_warmup_is_a_pure_function_of_the_step():

@@ -1,0 +1,51 @@
+"""What the training recipes share; each piece does one job and none of them owns the loop.
+
+- `arguments`: settings dataclasses, parsed from YAML and the command line (`parse_args`).
+- `accelerator`: the Accelerator of a run (`create_accelerator`).
+- `loader`: the prepared DataLoader, the two views of a batch, the run's micro-batches (`micro_batches`).
+- `optim`: optimizers and pure learning-rate schedules.
+- `checkpoint`: atomic checkpoints with exact resume (`Checkpointer`).
+- `tracking`: progress bar, tracker logs, NaN stop, throughput (`RunLogger`).
+- `monitor`: the kNN monitor.
+- `final`: the end of a run (`publish_final_model`).
+"""
+
+from .accelerator import create_accelerator
+from .arguments import TrainingArguments, parse_args, save_arguments, setting
+from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
+from .final import command_line, publish_final_model, save_final_model
+from .loader import MicroBatch, RunLength, TwoViews, micro_batches, pretraining_loader, set_loader_epoch
+from .monitor import KNNMonitor
+from .optim import cosine_lr, create_optimizer, scaled_lr, set_lr
+from .tracking import LossWatch, NonFiniteLossError, RunLogger, Throughput, peak_memory_mb
+
+__all__ = [
+    "Checkpointer",
+    "KNNMonitor",
+    "LoopState",
+    "LossWatch",
+    "MicroBatch",
+    "NonFiniteLossError",
+    "RunLength",
+    "RunLogger",
+    "Throughput",
+    "TrainingArguments",
+    "TwoViews",
+    "command_line",
+    "cosine_lr",
+    "create_accelerator",
+    "create_optimizer",
+    "list_checkpoints",
+    "micro_batches",
+    "parse_args",
+    "peak_memory_mb",
+    "pretraining_loader",
+    "publish_final_model",
+    "resolve_resume",
+    "save_arguments",
+    "save_final_model",
+    "scaled_lr",
+    "set_loader_epoch",
+    "set_lr",
+    "setting",
+]

@@ -1,0 +1,112 @@
+"""Crash-safe checkpoints with exact resume: atomic folders holding everything a run needs to continue."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+CHECKPOINT_DIR = "checkpoints"
+_CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class LoopState:
+    """The loop's position, saved with every checkpoint (`accelerator.register_for_checkpointing`)."""
+
+    step: int = 0  # optimizer steps done
+    skipped_images: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.skipped_images = int(state.get("skipped_images", 0))
+        self.metrics = dict(state.get("metrics", {}))
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `output_dir/checkpoints`, oldest first (half-written ones end in `.tmp`)."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT_NAME.match(p.name)) and p.is_dir()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint folder to resume from: an explicit folder, or `latest` in `output_dir` (None if none)."""
+    if not resume:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint folder")
+    return path
+
+
+class Checkpointer:
+    """Saves and restores a run exactly: model buffers (queues, key encoders), optimizer, RNG states and
+    the loop position (`state`), all registered with the Accelerator.
+
+    A checkpoint is written into `step_N.tmp` and renamed to `step_N` once complete, so a crash while
+    saving never leaves a checkpoint that `latest` would pick. Older checkpoints beyond `total_limit` are
+    removed after each save.
+
+    Args:
+        accelerator: the run's Accelerator (model and optimizer already prepared).
+        output_dir: checkpoints go to `output_dir/checkpoints/step_N`.
+        total_limit: checkpoints kept; `None` keeps all.
+    """
+
+    def __init__(
+        self, accelerator: Accelerator, output_dir: str | Path, total_limit: int | None = None
+    ) -> None:
+        self.accelerator = accelerator
+        self.output_dir = Path(output_dir)
+        self.total_limit = total_limit
+        self.state = LoopState()
+        self.last: Path | None = None
+        accelerator.register_for_checkpointing(self.state)
+
+    def resume(self, resume: str | None) -> int:
+        """Restore the checkpoint `resume` names (a folder or `latest`) if any; returns the step to start at."""
+        self.last = resolve_resume(resume, self.output_dir)
+        if self.last is not None:
+            self.accelerator.load_state(str(self.last))
+            self.accelerator.print(f"resumed from {self.last} at step {self.state.step}")
+        return self.state.step
+
+    def save(self, step: int) -> Path:
+        """Write the checkpoint of optimizer step `step` (every process takes part)."""
+        accelerator = self.accelerator
+        self.state.step = step
+        root = self.output_dir / CHECKPOINT_DIR
+        final, partial = root / f"step_{step}", root / f"step_{step}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            if self.total_limit:
+                for old in list_checkpoints(self.output_dir)[: -self.total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        self.last = final
+        return final

@@ -1,0 +1,98 @@
+"""The end of every recipe: the inference model saved with its image processor, remote code and card,
+checked to load back identically, reported, and pushed on request."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def publish_final_model(args, model: nn.Module, card: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    """Save `model` into `output_dir/final` with its card, write `metrics.json`, check the reload, say what
+    next, and push to the Hub with `--push_to_hub`. Call it on the main process.
+
+    Args:
+        args: the recipe settings (`output_dir`, `push_to_hub`, `hub_model_id`).
+        model: the unwrapped inference model (e.g. `MoCoModel`).
+        card: keyword arguments of `sslhub.hub.write_model_card` except `model_name` (the run's name) and
+            `training_summary` (the metrics).
+        metrics: the run's measurements, for the card and `metrics.json`.
+    """
+    name = Path(args.output_dir).resolve().name
+    final = save_final_model(
+        model, args.output_dir, card={"model_name": name, **card, "training_summary": metrics}
+    )
+    (Path(args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print(check_reload(final, model))
+    print(report_final_folder(final, metrics))
+    if args.push_to_hub:
+        from ..hub import push_to_hub
+
+        push_to_hub(final, args.hub_model_id or name)
+    return final
+
+
+def save_final_model(model: nn.Module, output_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
+    """`save_pretrained` the inference model (with its image processor) into `output_dir/final`, plus a card.
+
+    Args:
+        model: the unwrapped inference model (e.g. `MoCoModel`).
+        output_dir: the run's output folder.
+        card: keyword arguments for `sslhub.hub.write_model_card` (model name, paper, metrics, command).
+    """
+    from ..hub import add_remote_code, write_model_card
+
+    final = Path(output_dir) / "final"
+    model.save_pretrained(final)
+    add_remote_code(final)  # loads with trust_remote_code=True where sslhub is not installed
+    if card is not None:
+        write_model_card(final, **card)
+    return final
+
+
+def command_line() -> str:
+    """The command that started this process, for model cards."""
+    return " ".join(["accelerate launch", *sys.argv]) if sys.argv else ""
+
+
+def report_final_folder(final: Path, metrics: dict[str, Any]) -> str:
+    """What a user needs after a run: the numbers, where the model is, how to load and push it."""
+    lines = []
+    if "knn_top1" in metrics:
+        before = metrics.get("knn_top1_random_init")
+        change = f"random init {before:.4f} -> " if before is not None else ""
+        lines.append(f"kNN top-1 on the held-out split: {change}trained {metrics['knn_top1']:.4f}")
+    lines += [
+        f"Saved the model, its image processor and model card to {final}",
+        f"  load it:  import sslhub; from transformers import AutoModel; AutoModel.from_pretrained('{final}')",
+        f"  embed:    sslhub embed {final} IMAGE_FOLDER --output embeddings.safetensors",
+        f"  push it:  sslhub push {final} --repo-id YOUR_NAME/{final.parent.name}",
+    ]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def check_reload(final: Path, model: nn.Module) -> str:
+    """Load `final` back with `AutoModel.from_pretrained` and compare its embedding with the in-memory model."""
+    from transformers import AutoModel
+
+    reloaded = AutoModel.from_pretrained(final).eval()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    size = model.config.image_size
+    probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    expected = model(probe.to(device)).pooler_output.float().cpu()
+    got = reloaded(probe).pooler_output.float()
+    model.train(was_training)
+    difference = (expected - got).abs().max().item()
+    if difference > 1e-4:
+        raise RuntimeError(
+            f"the saved model in {final} does not reproduce the trained one (max diff {difference})"
+        )
+    return f"Reloaded with AutoModel.from_pretrained: {type(reloaded).__name__}, same embeddings (max diff {difference:.1e})"

@@ -1,0 +1,192 @@
+"""The data side of a training run: the prepared DataLoader, the two views of a batch, and the run's
+micro-batches in order, resumable mid-epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from ..augment import BatchedTwoViewAugmentation
+from ..data import (
+    TwoViewDataset,
+    UInt8ImageDataset,
+    collate,
+    crop_flip_transform,
+    load_image_dataset,
+    sample_seed,
+    two_view_transform,
+)
+
+
+def pretraining_loader(
+    args,
+    accelerator: Accelerator,
+    augmentation: str,
+    image_size: int,
+    mean,
+    std,
+    min_scale: float | None = None,
+) -> DataLoader:
+    """The DataLoader of a pre-training run, prepared by (and sharded across) the Accelerator.
+
+    `augmentation` is a MoCo preset (`"v1"`, `"v2"`, `"v3"`: two views per image) or `"crop_flip"`
+    (one geometry-only view, `pixel_values`, for colorization). With `args.batched_augmentation` the
+    loader gives equal-sized uint8 images and `TwoViews` makes the views on the training device.
+    """
+    with accelerator.main_process_first():  # the first process prepares the dataset cache
+        dataset = load_image_dataset(
+            args.dataset,
+            args.split,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            streaming=args.streaming,
+        )
+    if args.batched_augmentation:
+        if args.streaming or augmentation not in ("v1", "v2", "v3"):
+            raise SystemExit(
+                "error: batched_augmentation needs a map-style dataset and a MoCo preset (v1/v2/v3)"
+            )
+        images = UInt8ImageDataset(dataset, image_size)
+    else:
+        if augmentation == "crop_flip":
+            transform = crop_flip_transform(image_size, mean, std, min_scale=min_scale)
+        else:
+            transform = two_view_transform(augmentation, image_size, mean, std, min_scale=min_scale)
+        if args.streaming:
+            from datasets.distributed import split_dataset_by_node
+
+            from ..data import StreamingTwoViewDataset
+
+            # Sharded here, so the loader must not be sharded again by `prepare`.
+            shard = split_dataset_by_node(dataset, accelerator.process_index, accelerator.num_processes)
+            return DataLoader(
+                StreamingTwoViewDataset(shard, transform, args.seed),
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                collate_fn=collate,
+                drop_last=True,
+            )
+        images = TwoViewDataset(dataset, transform, seed=args.seed)
+    # drop_last: every process gathers equal-sized key batches into the queue.
+    loader = DataLoader(
+        images,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate,
+        num_workers=args.num_workers,
+        persistent_workers=False,
+    )
+    return accelerator.prepare(loader)
+
+
+class TwoViews:
+    """The two views of a `pretraining_loader` batch, made in the loader's workers (per-image transforms)
+    or here, on the training device (`batched_augmentation`), in channels_last when the run uses it.
+
+    Call it as `query, key = views(batch, generator)`; the generator seeds the batched augmentation.
+    """
+
+    def __init__(
+        self, args, augmentation: str, image_size: int, mean, std, min_scale: float | None = None
+    ) -> None:
+        self.augment = None
+        if args.batched_augmentation:
+            self.augment = BatchedTwoViewAugmentation(augmentation, image_size, mean, std, min_scale)
+        self.channels_last = args.channels_last
+
+    def __call__(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.augment is not None:
+            query, key = self.augment(batch["pixel_values"], generator)
+        else:
+            query, key = batch["query_pixel_values"], batch["key_pixel_values"]
+        if self.channels_last:
+            query = query.contiguous(memory_format=torch.channels_last)
+            key = key.contiguous(memory_format=torch.channels_last)
+        return query, key
+
+
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Tell the sampler and the dataset (augmentation seeds) which epoch starts."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long a run is, in optimizer steps.
+
+    Attributes:
+        steps_per_epoch: optimizer steps per pass over the data (`max_steps` for a streamed dataset).
+        total_steps: optimizer steps of the whole run.
+        accumulation: micro-batches per optimizer step.
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    accumulation: int = 1
+
+    @classmethod
+    def of(cls, args, loader) -> RunLength:
+        """The length of a run with `args` (`epochs` or `max_steps`) over `loader`."""
+        accumulation = args.gradient_accumulation_steps
+        if args.streaming and args.max_steps is None:
+            raise SystemExit("error: a streamed dataset has no known length: set --max_steps")
+        steps_per_epoch = args.max_steps if args.streaming else len(loader) // accumulation
+        if steps_per_epoch == 0:
+            raise SystemExit(
+                f"error: fewer than {args.batch_size * accumulation} images per process: lower --batch_size"
+            )
+        return cls(steps_per_epoch, args.max_steps or args.epochs * steps_per_epoch, accumulation)
+
+    def warmup_steps(self, warmup_epochs: float) -> int:
+        return round(warmup_epochs * self.steps_per_epoch)
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch and where it stands: epoch, index in the epoch, first / last of its optimizer step."""
+
+    batch: dict[str, torch.Tensor]
+    epoch: int
+    index: int
+    first: bool
+    last: bool
+
+    def generator(self, accelerator: Accelerator, seed: int) -> torch.Generator:
+        """A generator for this micro-batch's random augmentation, seeded from (seed, epoch, batch, process):
+        a resumed run draws exactly the numbers an uninterrupted run drew."""
+        index = self.index * accelerator.num_processes + accelerator.process_index
+        return torch.Generator(accelerator.device).manual_seed(sample_seed(seed, self.epoch, index))
+
+
+def micro_batches(
+    loader, accelerator: Accelerator, length: RunLength, start_step: int = 0
+) -> Iterator[MicroBatch]:
+    """The run's micro-batches from optimizer step `start_step` to the end, epoch after epoch.
+
+    A resumed run skips what its epoch already consumed at the sampler level (nothing is decoded); the
+    micro-batches of an epoch's incomplete last optimizer step are left out.
+    """
+    step = start_step
+    while step < length.total_steps:
+        epoch = step // length.steps_per_epoch
+        set_loader_epoch(loader, epoch)
+        done = (step % length.steps_per_epoch) * length.accumulation
+        batches = accelerator.skip_first_batches(loader, done) if done else loader
+        for index, batch in enumerate(batches, start=done):
+            last = (index + 1) % length.accumulation == 0
+            yield MicroBatch(batch, epoch, index, first=index % length.accumulation == 0, last=last)
+            if last:
+                step += 1
+                if step >= length.total_steps or step % length.steps_per_epoch == 0:
+                    break

@@ -1,0 +1,203 @@
+"""What a run reports while it trains: the progress bar, tracker logs, the loss check and throughput.
+
+`RunLogger` is fed once per micro-batch (`update`, no host sync) and once per optimizer step (`step`); it
+syncs with the device only at logging steps, where it also stops a run whose loss became NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .checkpoint import Checkpointer
+from .loader import RunLength
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops before saving anything from that point on."""
+
+
+class LossWatch:
+    """Tracks the loss on the device without a host sync per step; `check` syncs once (at log/save time)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.count = 0
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.last_checked_step = 0
+
+    def update(self, loss: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        self.bad |= ~torch.isfinite(loss)
+        self.total += loss
+        self.count += 1
+
+    def check(self, step: int, last_checkpoint: Path | None) -> float:
+        """Raise `NonFiniteLossError` if any loss since the last check was NaN/inf; return the mean loss."""
+        if bool(self.bad):
+            where = f"between steps {self.last_checked_step + 1} and {step}"
+            resume = f" The last good checkpoint is {last_checkpoint}." if last_checkpoint else ""
+            raise NonFiniteLossError(
+                f"the loss became NaN or inf {where}. Lower --learning_rate, add --warmup_epochs, use bf16 "
+                f"rather than fp16, or set --max_grad_norm.{resume}"
+            )
+        mean = (self.total / max(self.count, 1)).item()
+        self.total.zero_()
+        self.count = 0
+        self.last_checked_step = step
+        return mean
+
+
+class Throughput:
+    """Images per second between two calls of `rate`, and over the whole run (`overall`)."""
+
+    def __init__(self) -> None:
+        self.images, self.start = 0, time.perf_counter()
+        self.total_images, self.total_seconds = 0, 0.0
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        elapsed = max(now - self.start, 1e-9)
+        value = self.images / elapsed
+        self.total_images += self.images
+        self.total_seconds += elapsed
+        self.images, self.start = 0, now
+        return value
+
+    def overall(self) -> float:
+        """Mean images/s over the logged intervals (kNN monitor and checkpoint time excluded)."""
+        return self.total_images / max(self.total_seconds, 1e-9)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU.
+
+    On Linux the peak RSS comes from `/proc/self/status` (VmHWM): `ru_maxrss` would include the memory of
+    the parent at fork time, which a process started from a large Python program inherits.
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RunLogger:
+    """Progress bar, tracker logs (`train/...`), the NaN/inf stop, throughput and skipped images of a run.
+
+    Args:
+        accelerator: the run's Accelerator, with its trackers.
+        args: the recipe settings (`log_steps`; the scalar ones are logged as the run's config).
+        length: steps per epoch and in all.
+        checkpointer: the run's checkpoints: its loop state (position, metrics, skipped images) continues
+            across resumes, and a NaN message names its last checkpoint.
+        name: the run's name in the trackers and on the progress bar.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        args,
+        length: RunLength,
+        checkpointer: Checkpointer,
+        name: str = "training",
+    ) -> None:
+        self.accelerator, self.args, self.length, self.checkpointer = accelerator, args, length, checkpointer
+        self.state = checkpointer.state
+        self._watch, self._throughput = LossWatch(accelerator.device), Throughput()
+        self._skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
+        self._skipped_before = self.state.skipped_images
+        self._started = time.perf_counter()
+        accelerator.init_trackers(
+            name.replace("-", "_"),
+            config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+        )
+        self.progress = tqdm(
+            total=length.total_steps,
+            initial=self.state.step,
+            desc=name,
+            dynamic_ncols=True,
+            disable=not accelerator.is_main_process,
+        )
+
+    def update(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        """Account for one micro-batch: its loss (kept on the device), images and unreadable files."""
+        self._watch.update(loss)
+        self._skipped += batch["num_skipped"].to(self._skipped.device)
+        images = next(v for k, v in batch.items() if k.endswith("pixel_values"))
+        self._throughput.add(images.shape[0] * self.accelerator.num_processes)
+
+    def step(self, step: int, **scalars: float) -> None:
+        """After optimizer step `step`: advance the bar; every `log_steps` (and at the end) check the loss
+        and log it with the learning rate, throughput and `scalars`."""
+        self.progress.update(1)
+        if step % self.args.log_steps and step < self.length.total_steps:
+            return
+        loss = self.check_finite(step)
+        logs = {
+            "train/loss": loss,
+            "train/images_per_second": self._throughput.rate(),
+            "train/epoch": step / self.length.steps_per_epoch,
+            **{f"train/{name}": value for name, value in scalars.items()},
+        }
+        self.accelerator.log(logs, step=step)
+        self.progress.set_postfix(
+            loss=f"{loss:.4f}", **{k: f"{v:.3g}" for k, v in scalars.items() if k == "lr"}
+        )
+
+    def check_finite(self, step: int) -> float:
+        """Raise `NonFiniteLossError` if a loss since the last check was NaN/inf; the mean loss since then.
+
+        Also brings the loop state's count of skipped images up to date (a collective: call it on every
+        process at the same steps).
+        """
+        self.state.skipped_images = self.skipped_images()
+        return self._watch.check(step, self.checkpointer.last)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        """Log other scalars (e.g. `monitor/knn_top1`) at `step`."""
+        self.accelerator.log(values, step=step)
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside (kNN monitor, checkpoints) does not count as training throughput."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._throughput.start += time.perf_counter() - started
+
+    def skipped_images(self) -> int:
+        """Unreadable images skipped so far in the run (all processes, resumed parts included)."""
+        return self._skipped_before + int(self.accelerator.reduce(self._skipped, reduction="sum"))
+
+    def summary(self, steps: int) -> dict[str, float]:
+        """The run's metrics (the state's kNN results, steps, time, throughput, peak memory, skipped images)."""
+        self.progress.close()
+        skipped = self.skipped_images()
+        if skipped:
+            self.accelerator.print(
+                f"warning: {skipped} unreadable images were skipped (named in the log above)"
+            )
+        return {
+            **self.state.metrics,
+            "steps": steps,
+            "epochs": round(steps / self.length.steps_per_epoch, 2),
+            "train_seconds": round(time.perf_counter() - self._started, 1),
+            "images_per_second": round(self._throughput.overall(), 1),
+            "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
+            "skipped_images": skipped,
+        }
