@@ -26,7 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "reference_runs.json"
 STEPS = 20
 COMMON = ("--dataset", "sample", "--split", "test[:320]", "--seed", "11", "--num_workers", "0")
-COMMON += ("--mixed_precision", "no", "--max_steps", str(STEPS), "--save_steps", str(STEPS), "--log_steps", "5")
+COMMON += (
+    "--mixed_precision",
+    "no",
+    "--max_steps",
+    str(STEPS),
+    "--save_steps",
+    str(STEPS),
+    "--log_steps",
+    "5",
+)
 RUNS = {
     "pretrain_moco_v2": (
         "pretrain_moco.py",

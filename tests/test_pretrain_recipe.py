@@ -158,7 +158,9 @@ def test_shipped_configs_parse(config):
         sys.path.pop(0)
     args = parse_args(MoCoArguments, ["--config", str(config)])
     assert args.batch_size > 0 and args.output_dir
-    assert moco_config(args, global_batch=args.batch_size).version == args.version  # every model setting is valid
+    assert (
+        moco_config(args, global_batch=args.batch_size).version == args.version
+    )  # every model setting is valid
 
 
 def test_moco_v3_with_lars_accumulation_and_momentum_schedule(tmp_path):

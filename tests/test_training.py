@@ -78,7 +78,9 @@ def test_the_model_section_goes_to_the_config_preset_unchanged(tmp_path):
 def test_flat_spellings_of_model_settings_still_work_and_warn(tmp_path, capsys):
     path = tmp_path / "old.yaml"
     path.write_text("temperature: 0.1\nbackbone: resnet18\n")
-    args = parse_args(RecipeArguments, ["--config", str(path), "--queue_size", "1024", "--student=test_resnet"])
+    args = parse_args(
+        RecipeArguments, ["--config", str(path), "--queue_size", "1024", "--student=test_resnet"]
+    )
     assert args.model == {"temperature": 0.1, "backbone": "test_resnet", "queue_size": 1024}
     warnings = capsys.readouterr().err
     assert "write --model.temperature" in warnings and "write --model.backbone" in warnings
