@@ -39,9 +39,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslhub import StudentConfig, StudentForDistillation
+from sslhub.configuration_common import check_choice, check_positive
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
-from sslhub.distillation import kmeans, load_teacher, renormalize_for_teacher
+from sslhub.distillation import check_teacher, kmeans, load_teacher, renormalize_for_teacher
 from sslhub.evaluation import extract_features
+from sslhub.modeling_student import TEACHER_OUTPUTS
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,
@@ -88,6 +90,22 @@ class DistillArguments(TrainingArguments):
     min_crop_scale: float | None = setting(None, "lower bound of RandomResizedCrop's scale (default 0.2)")
     kmeans_iters: int = setting(50, "cluster: Lloyd iterations of the k-means on the teacher's embeddings")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher is None:
+            raise ValueError(
+                "teacher is required: a model folder, Hub id, timm:<name> or transformers image model id"
+            )
+        check_choice("teacher_view", self.teacher_view, TEACHER_VIEWS)
+        check_choice("teacher_output", self.teacher_output, TEACHER_OUTPUTS)
+        check_choice("augmentation", self.augmentation, ("v1", "v2", "v3"))
+        check_positive("kmeans_iters", self.kmeans_iters)
+        cached = self.model.get("loss") == "cluster" or self.teacher_view == "eval"
+        if cached and self.streaming:
+            raise ValueError(
+                "cached teacher outputs (loss cluster, teacher_view eval) need a map-style dataset"
+            )
+
 
 TEACHER_VIEWS = ("same", "other", "eval")
 PAPERS = {
@@ -106,6 +124,23 @@ def student_config(args: DistillArguments, teacher_dim: int) -> StudentConfig:
         return StudentConfig(**args.model, teacher_dim=teacher_dim, teacher_name=args.teacher)
     except ValueError as error:
         raise SystemExit(f"error: model.{error}") from None
+
+
+def with_cluster_count(args: DistillArguments, config: StudentConfig, num_images: int) -> StudentConfig:
+    """The config with `num_clusters` fitted to the dataset: unset, one cluster per 80 images (ClusterFit's
+    16,000 clusters of ImageNet's 1.28M images), at most 16,000; set, at most `num_images`."""
+    if "num_clusters" not in args.model:
+        args.model["num_clusters"] = max(2, min(16000, num_images // 80))
+        print(
+            f"cluster: {args.model['num_clusters']} k-means clusters for {num_images} images (set model.num_clusters)"
+        )
+    elif args.model["num_clusters"] > num_images:
+        raise SystemExit(
+            f"error: model.num_clusters={args.model['num_clusters']} is more than the {num_images} training "
+            f"images: k-means needs at least one image per cluster; leave it unset (one cluster per 80 images) "
+            f"or set at most {num_images}"
+        )
+    return student_config(args, config.teacher_dim)
 
 
 def _cached(path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor] | None:
@@ -195,25 +230,15 @@ def cluster_pseudo_labels(
 
 
 def main(args: DistillArguments) -> dict[str, float]:
-    if args.teacher is None:
-        raise SystemExit(
-            "error: --teacher is required (a model folder, Hub id, timm:<name> or transformers id)"
-        )
-    if args.teacher_view not in TEACHER_VIEWS:
-        raise SystemExit(
-            f"error: --teacher_view must be one of {list(TEACHER_VIEWS)}, got {args.teacher_view!r}"
-        )
-    loss = args.model.get("loss", StudentConfig.loss)
-    needs_cache = loss == "cluster" or args.teacher_view == "eval"
-    if needs_cache and args.streaming:
-        raise SystemExit(
-            "error: cached teacher outputs (cluster, --teacher_view eval) need a map-style dataset"
-        )
-
     # Accelerator first: it decides devices, processes, mixed precision and seeds everything.
     accelerator = create_accelerator(args)
-    # The student config checks every model setting now (the teacher's width is filled in later).
+    # The student config checks every model setting now (the teacher's width is filled in later), and the
+    # teacher must exist: a bad setting fails here, before any data is read or any image embedded.
     config = student_config(args, teacher_dim=1)
+    try:
+        check_teacher(args.teacher)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: teacher={args.teacher!r} cannot be loaded: {error}") from None
     os.makedirs(args.output_dir, exist_ok=True)
     if accelerator.is_main_process:
         save_arguments(args, os.path.join(args.output_dir, "config.yaml"))
@@ -223,6 +248,8 @@ def main(args: DistillArguments) -> dict[str, float]:
     loader = pretraining_loader(args, accelerator, args.augmentation, *image)
     views = TwoViews(args, args.augmentation, *image)  # batched augmentation: views made on the device
     length = RunLength.of(args, loader)
+    if config.loss == "cluster":  # the number of k-means clusters must fit the dataset
+        config = with_cluster_count(args, config, num_images=len(loader.dataset))
 
     # Teacher: frozen, eval mode, outside the student's module tree; it gets the student's images
     # re-normalized (and resized) to its own settings.
@@ -246,7 +273,7 @@ def main(args: DistillArguments) -> dict[str, float]:
 
     # Teacher outputs of un-augmented images are computed once and cached; otherwise it runs every step.
     cached_embeddings = pseudo_labels = None
-    if needs_cache:
+    if config.loss == "cluster" or args.teacher_view == "eval":
         train_images = loader.dataset.dataset
         cached_embeddings = teacher_embeddings_of_training_images(
             args, config, accelerator, nn.Sequential(to_teacher, teacher), train_images
@@ -257,6 +284,7 @@ def main(args: DistillArguments) -> dict[str, float]:
     else:
         model.set_teacher(teacher)
 
+    model.to(accelerator.device)  # the optimizer picks its kernels for the model's device
     # Optimizer; the learning rate is a pure function of the step (set inside the loop).
     optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -203,6 +203,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    model.to(accelerator.device)  # the optimizer picks its kernels for the model's device
     # Optimizer; the learning rate is a pure function of the step (set inside the loop).
     optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)

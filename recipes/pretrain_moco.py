@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
+from sslhub.configuration_common import check_choice
+from sslhub.configuration_moco import MOCO_VERSIONS
 from sslhub.data import dataset_card_name
 from sslhub.momentum import cosine_momentum
 from sslhub.training import (
@@ -63,11 +65,17 @@ class MoCoArguments(TrainingArguments):
     )
     freeze_patch_embed: bool = setting(False, "ViTs: keep the patch embedding at its random init (MoCo v3)")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("version", self.version, MOCO_VERSIONS)
+        if self.augmentation is not None:
+            check_choice("augmentation", self.augmentation, MOCO_VERSIONS)
+        if self.final_momentum is not None and not 0 <= self.final_momentum <= 1:
+            raise ValueError(f"final_momentum must be in [0, 1], got {self.final_momentum}")
+
 
 def moco_config(args: MoCoArguments, global_batch: int) -> MoCoConfig:
     """The model config: the version's preset with the `model` section's settings."""
-    if args.version not in ("v1", "v2", "v3"):
-        raise SystemExit(f"error: --version must be v1, v2 or v3, got {args.version!r}")
     try:
         return getattr(MoCoConfig, args.version)(**args.model, batch_size=global_batch)
     except ValueError as error:
@@ -99,6 +107,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    model.to(accelerator.device)  # the optimizer picks its kernels for the model's device
     # Optimizer; learning rate and momentum are pure functions of the step (set inside the loop).
     optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -36,6 +36,7 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values", "jpg", "png")
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "cls")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DATA_FILE_EXTENSIONS = (".parquet", *IMAGE_EXTENSIONS)
 AUGMENTATIONS = ("v1", "v2", "v3")
 
 
@@ -44,34 +45,87 @@ AUGMENTATIONS = ("v1", "v2", "v3")
 # ----------------------------------------------------------------------------------------------------------
 
 
+def route_files_to_splits(files: list[str], base: str) -> dict[str, list[str]]:
+    """Route local data files to splits by the naming rules of the Hugging Face Hub, as `datasets` applies
+    them to a folder: `train` / `validation` (`valid`, `val`, `dev`) / `test` (`eval`, `testing`) in file
+    or folder names, shard suffixes (`train-00000-of-00004.parquet`), `{split}/` folders; files that name
+    no split are all `train`.
+
+    Args:
+        files: the files (e.g. what a glob matched).
+        base: the folder their relative paths are matched from.
+    """
+    from datasets.data_files import _get_data_files_patterns, resolve_pattern  # the rules datasets uses
+
+    wanted = {os.path.abspath(f) for f in files}
+
+    def matching(pattern: str) -> list[str]:
+        try:
+            return [f for f in resolve_pattern(pattern, base) if os.path.abspath(f) in wanted]
+        except FileNotFoundError:
+            return []
+
+    try:
+        patterns = _get_data_files_patterns(matching)
+    except FileNotFoundError:
+        return {"train": sorted(files)}
+    return {
+        str(split): sorted({f for p in split_patterns for f in matching(p)})
+        for split, split_patterns in patterns.items()
+    }
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder above the first wildcard of a glob."""
+    parts = Path(pattern).parts
+    fixed = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), len(parts))
+    return str(Path(*parts[:fixed])) if fixed else "."
+
+
 def _builder_for(source: str) -> tuple[str, dict[str, Any]] | None:
-    """Map a local path or glob to a `datasets` builder and its arguments; `None` for Hub ids."""
+    """Map a local source to how `datasets` loads it; `None` for Hub ids.
+
+    Returns `(kind, arguments)`: `("parquet" | "imagefolder", {"data_files": {split: files}})` for the
+    sample, a file (its train split) and globs (files routed by `route_files_to_splits`), `("disk", {"dataset_path"})` for a `save_to_disk` folder, and
+    `("folder", {"path"})` for any other folder, which `datasets` itself reads (format and splits).
+    """
     if source == "sample":
         return "parquet", {"data_files": {s: str(SAMPLE_DIR / f"{s}.parquet") for s in ("train", "test")}}
-    if any(ch in source for ch in "*?[") or source.endswith(".parquet"):
-        files = sorted(glob.glob(source))
-        if not files:
-            raise FileNotFoundError(f"no parquet file matches {source!r}")
-        return "parquet", {"data_files": {"train": files}}
     path = Path(source)
+    if any(ch in source for ch in "*?[") or (path.is_file() and path.suffix.lower() in DATA_FILE_EXTENSIONS):
+        files = sorted(f for f in glob.glob(source, recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"no data file matches {source!r}")
+        kinds = {"parquet" if Path(f).suffix.lower() == ".parquet" else "imagefolder" for f in files}
+        if len(kinds) > 1 or any(Path(f).suffix.lower() not in DATA_FILE_EXTENSIONS for f in files):
+            raise ValueError(f"{source!r} must match parquet files or image files only, got {files[:5]}")
+        if path.is_file():  # one named file is the data: its train split, as in `datasets`
+            return kinds.pop(), {"data_files": {"train": files}}
+        return kinds.pop(), {"data_files": route_files_to_splits(files, _glob_base(source))}
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             return "disk", {"dataset_path": str(path)}
-        parquet = sorted(str(p) for p in path.rglob("*.parquet"))
-        if parquet:
-            split_files: dict[str, list[str]] = {}
-            for file in parquet:
-                name = Path(file).stem.split("-")[0]
-                split_files.setdefault(
-                    name if name in ("train", "test", "validation") else "train", []
-                ).append(file)
-            return "parquet", {"data_files": split_files}
-        return "imagefolder", {"data_dir": str(path)}
+        return "folder", {"path": str(path)}
     if path.exists():
         raise ValueError(
-            f"{source!r} is a file but not a parquet file; expected a folder, parquet file(s) or Hub id"
+            f"{source!r} is a file but not a parquet or image file; expected a folder, parquet file(s), "
+            "a glob or a Hub id"
         )
     return None
+
+
+def available_splits(source: str) -> list[str] | None:
+    """The split names of a local source, as `load_image_dataset` would find them (None for Hub ids)."""
+    builder = _builder_for(source)
+    if builder is None:
+        return None
+    kind, kwargs = builder
+    if kind == "disk":
+        loaded = datasets.load_from_disk(kwargs["dataset_path"])
+        return list(loaded) if isinstance(loaded, datasets.DatasetDict) else None
+    if kind == "folder":
+        return [str(split) for split in datasets.load_dataset_builder(kwargs["path"]).config.data_files]
+    return list(kwargs["data_files"])
 
 
 def _hub_dataset_path(source: str) -> str:
@@ -111,8 +165,10 @@ def load_image_dataset(
 
     Args:
         source: a Hub id (`"uoft-cs/cifar10"`, `"frgfm/imagenette"`), a local image folder (class
-            subfolders become labels), a folder saved with `save_to_disk`, a parquet file or glob
-            (`"data/train-*.parquet"`), or `"sample"` for the small CIFAR-10 sample shipped with sslhub.
+            subfolders become labels), a folder of parquet files, a folder saved with `save_to_disk`, a
+            parquet or image file or glob (`"data/*.parquet"`), or `"sample"` for the small CIFAR-10 sample
+            shipped with sslhub. Files of folders and globs go to splits by the Hub's naming rules
+            (`route_files_to_splits`): only the requested split is read.
         split: split name, with `datasets` slicing (`"train[:90%]"`) for non-streaming datasets.
         image_column: the image column; found from its `Image` type or a usual name when `None`.
         label_column: the label column; found from its `ClassLabel` type or a usual name when `None`.
@@ -125,17 +181,18 @@ def load_image_dataset(
         A `Dataset` or `IterableDataset` with an `image` column and, when labels exist, a `label` column.
     """
     builder = _builder_for(source)
+    splits = available_splits(source) if builder is not None else None
+    if splits is not None and split.split("[")[0] not in splits:
+        raise ValueError(f"split={split!r} not found in {source!r}; available: {sorted(splits)}")
     if builder is None:
         dataset = datasets.load_dataset(_hub_dataset_path(source), split=split, streaming=streaming)
     elif builder[0] == "disk":
         loaded = datasets.load_from_disk(builder[1]["dataset_path"])
         dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    elif builder[0] == "folder":  # datasets reads the folder itself: its format and its split files
+        dataset = datasets.load_dataset(builder[1]["path"], split=split, streaming=streaming)
     else:
         name, kwargs = builder
-        base_split = split.split("[")[0]
-        files = kwargs.get("data_files")
-        if isinstance(files, dict) and base_split not in files:
-            raise ValueError(f"split={split!r} not found in {source!r}; available: {sorted(files)}")
         dataset = datasets.load_dataset(name, split=split, streaming=streaming, **kwargs)
 
     features = dataset.features
@@ -199,9 +256,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _describe(value: Any, index: int) -> str:
+    """How a sample is named in warnings: its file and position, or its position alone."""
     if isinstance(value, dict) and value.get("path"):
         return f"{value['path']} (sample {index})"
+    if isinstance(value, (str, os.PathLike)):
+        return f"{value} (sample {index})"
     return f"sample {index}"
+
+
+_warned: set[str] = set()  # unreadable files this process already warned about
 
 
 def decode_image(value: Any) -> Image.Image:
@@ -230,12 +293,17 @@ def decode_image(value: Any) -> Image.Image:
     return to_rgb(image)
 
 
-def _try_decode(value: Any, index: int) -> Image.Image | None:
+def try_decode(value: Any, index: int) -> tuple[Image.Image | None, str | None]:
+    """`(rgb_image, None)`, or `(None, name)` for an unreadable file (empty, truncated, not an image),
+    named in a warning the first time this process meets it."""
     try:
-        return decode_image(value)
+        return decode_image(value), None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        logger.warning("skipping unreadable image %s: %s", _describe(value, index), error)
-        return None
+        name = _describe(value, index)
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning("skipping unreadable image %s: %s", name, error or type(error).__name__)
+        return None, name
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -393,10 +461,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class TwoViewDataset(Dataset):
     """Map-style dataset of two augmented views per image, for MoCo-style pre-training.
 
-    Items are `{"query_pixel_values", "key_pixel_values", "index", "num_skipped"}` (plus `label` when the
+    Items are `{"query_pixel_values", "key_pixel_values", "index", "unreadable"}` (plus `label` when the
     dataset has labels). An unreadable image is skipped with a warning that names it and replaced by the
     next readable one, so batches keep their size (every process must gather equal-sized key batches);
-    `num_skipped` counts the files passed over. Call `set_epoch` before each epoch: augmentation seeds
+    `unreadable` names the files passed over. Call `set_epoch` before each epoch: augmentation seeds
     depend on (seed, epoch, index). With a `OneViewTransform` the item holds one view, `pixel_values`.
     """
 
@@ -416,17 +484,9 @@ class TwoViewDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, row, skipped = read_readable(self.dataset, index)
+        image, row, unreadable = read_readable(self.dataset, index)
         views = self.transform(image, sample_seed(self.seed, self.epoch, index))
-        if isinstance(views, torch.Tensor):  # OneViewTransform
-            item = {"pixel_values": views, "index": index, "num_skipped": skipped}
-        else:
-            item = {
-                "query_pixel_values": views[0],
-                "key_pixel_values": views[1],
-                "index": index,
-                "num_skipped": skipped,
-            }
+        item = {**_view_item(views), "index": index, "unreadable": unreadable}
         if self.has_labels:
             item["label"] = row["label"]
         return item
@@ -434,25 +494,27 @@ class TwoViewDataset(Dataset):
 
 def read_readable(
     dataset: datasets.Dataset, index: int, max_skips: int = 1000
-) -> tuple[Image.Image, dict, int]:
+) -> tuple[Image.Image, dict, list[str]]:
     """The image at `index`, or if it is unreadable (warned about) the next readable one.
 
     Returns:
-        `(rgb_image, row, number_of_unreadable_files_passed_over)`.
+        `(rgb_image, row, names_of_the_unreadable_files_passed_over)`.
     """
+    unreadable = []
     for skipped in range(min(len(dataset), max_skips)):
         position = (int(index) + skipped) % len(dataset)
         row = dataset[position]
-        image = _try_decode(row["image"], position)
+        image, name = try_decode(row["image"], position)
         if image is not None:
-            return image, row, skipped
+            return image, row, unreadable
+        unreadable.append(name)
     raise RuntimeError(
         f"{max_skips} consecutive unreadable images from index {index}: is this an image dataset?"
     )
 
 
 class UInt8ImageDataset(Dataset):
-    """Equal-sized uint8 images `{"pixel_values" (3, S, S) uint8, "index", "num_skipped"}` for augmentation
+    """Equal-sized uint8 images `{"pixel_values" (3, S, S) uint8, "index", "unreadable"}` for augmentation
     on the training device (`augment.BatchedTwoViewAugmentation`).
 
     Each image is resized (shorter side to `size`) and centre-cropped to `size x size`, a no-op for
@@ -469,15 +531,18 @@ class UInt8ImageDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, row, skipped = read_readable(self.dataset, index)
-        item = {"pixel_values": self.transform(image), "index": index, "num_skipped": skipped}
+        image, row, unreadable = read_readable(self.dataset, index)
+        item = {"pixel_values": self.transform(image), "index": index, "unreadable": unreadable}
         if self.has_labels:
             item["label"] = row["label"]
         return item
 
 
 class ImageDataset(Dataset):
-    """Map-style dataset of one deterministic (evaluation) view per image: `{"pixel_values", "label", "index"}`."""
+    """Map-style dataset of one deterministic (evaluation) view per image: `{"pixel_values", "label", "index"}`.
+
+    An unreadable image gives `{"unreadable": [name]}`, which `collate` drops from the batch (and counts).
+    """
 
     def __init__(self, dataset: datasets.Dataset, transform: Callable) -> None:
         self.dataset = dataset
@@ -487,11 +552,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.dataset[int(index)]
-        image = _try_decode(row["image"], index)
+        image, name = try_decode(row["image"], index)
         if image is None:
-            return None
+            return {"unreadable": [name]}
         item = {"pixel_values": self.transform(image), "index": index}
         if self.has_labels:
             item["label"] = row["label"]
@@ -519,31 +584,33 @@ class StreamingTwoViewDataset(IterableDataset):
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        skipped = 0
+        unreadable = []
         for index, row in enumerate(self.dataset):
-            image = _try_decode(row["image"], index)
+            image, name = try_decode(row["image"], index)
             if image is None:
-                skipped += 1  # counted with the next readable sample
+                unreadable.append(name)  # reported with the next readable sample
                 continue
             views = self.transform(image, sample_seed(self.seed, self.epoch, index))
-            item = {**_view_item(views), "index": index, "num_skipped": skipped}
-            skipped = 0
+            item = {**_view_item(views), "index": index, "unreadable": unreadable}
+            unreadable = []
             if "label" in row:
                 item["label"] = row["label"]
             yield item
 
 
-def collate(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
-    """Stack dataset items into a batch, dropping `None` (unreadable images of `ImageDataset`).
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack dataset items into a batch, dropping those without an image (unreadable in `ImageDataset`).
 
-    The batch's `num_skipped` is the number of unreadable files met while building it.
+    The batch's `unreadable` lists the names of the unreadable files met while building it (a file met
+    twice is listed twice) and `num_skipped` counts them.
     """
-    kept = [item for item in items if item is not None]
-    batch: dict[str, torch.Tensor] = {}
-    skipped = len(items) - len(kept) + sum(item.pop("num_skipped", 0) for item in kept)
+    unreadable = [name for item in items if item is not None for name in item.pop("unreadable", ())]
+    kept = [item for item in items if item and any(key.endswith("pixel_values") for key in item)]
+    batch: dict[str, Any] = {}
     if kept:
         for key in kept[0]:
             values = [item[key] for item in kept]
             batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
-    batch["num_skipped"] = torch.tensor(skipped)
+    batch["unreadable"] = unreadable
+    batch["num_skipped"] = torch.tensor(len(unreadable) + sum(item is None for item in items))
     return batch

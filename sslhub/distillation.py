@@ -87,6 +87,15 @@ def _transformers_teacher(
     )
 
 
+def check_teacher(spec: str) -> None:
+    """Raise (`ValueError`, `OSError`) unless `spec` names a teacher `load_teacher` can find, without loading
+    its weights: a timm model name, or a model folder / Hub id whose config resolves."""
+    if spec.startswith("timm:"):
+        check_backbone_name(spec.removeprefix("timm:"))
+    else:
+        AutoConfig.from_pretrained(spec)
+
+
 def load_teacher(
     spec: str,
     output: str = "auto",
@@ -347,6 +356,7 @@ def kmeans(
 __all__ = [
     "Renormalize",
     "assign_clusters",
+    "check_teacher",
     "kmeans",
     "load_teacher",
     "precompute_teacher_embeddings",

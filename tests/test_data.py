@@ -2,6 +2,7 @@
 
 import io
 import logging
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -93,11 +94,72 @@ def test_clear_errors_for_missing_columns_splits_and_files(tmp_path):
         load_image_dataset("sample", image_column="photo")
     with pytest.raises(ValueError, match="split='validation' not found"):
         load_image_dataset("sample", "validation")
-    with pytest.raises(FileNotFoundError, match="no parquet file matches"):
+    with pytest.raises(FileNotFoundError, match="no data file matches"):
         load_image_dataset(str(tmp_path / "nothing-*.parquet"))
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="not a parquet file"):
+    with pytest.raises(ValueError, match="not a parquet or image file"):
         load_image_dataset(str(tmp_path / "notes.txt"))
+
+
+def _write_split(path: Path, label: int, rows: int) -> None:
+    """A parquet file of `rows` sample images that all have `label`: where they came from stays visible."""
+    sample = load_image_dataset("sample", "test", decode=True)
+    subset = sample.filter(lambda row: row["label"] == label).select(range(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subset.to_parquet(str(path))
+
+
+HUB_LAYOUTS = {
+    "split names in files": {
+        "train-00000-of-00001.parquet": 0,
+        "valid-00000-of-00001.parquet": 1,
+        "dev-00000-of-00001.parquet": 2,
+        "test-00000-of-00001.parquet": 3,
+    },
+    "shards and data/ folder": {
+        "data/train-00000-of-00002.parquet": 0,
+        "data/train-00001-of-00002.parquet": 0,
+        "data/validation-00000-of-00001.parquet": 1,
+        "data/test-00000-of-00001.parquet": 3,
+    },
+    "config/split folders": {
+        "default/train/part-0.parquet": 0,
+        "default/val/part-0.parquet": 1,
+        "default/test/part-0.parquet": 3,
+    },
+}
+
+
+@pytest.mark.parametrize("layout", HUB_LAYOUTS, ids=list(HUB_LAYOUTS))
+@pytest.mark.parametrize("how", ["folder", "glob"])
+def test_files_go_to_splits_by_the_hubs_naming_rules(tmp_path, layout, how):
+    for name, label in HUB_LAYOUTS[layout].items():
+        _write_split(tmp_path / name, label, rows=8)
+    source = str(tmp_path) if how == "folder" else str(tmp_path / "**" / "*.parquet")
+    train = load_image_dataset(source, "train")
+    validation = load_image_dataset(source, "validation")
+    train_files = [n for n, label in HUB_LAYOUTS[layout].items() if label == 0]
+    assert set(train["label"]) == {0} and len(train) == 8 * len(train_files)  # validation never trains
+    assert set(validation["label"]) <= {1, 2} and len(validation) == 8 * (
+        len(HUB_LAYOUTS[layout]) - len(train_files) - 1
+    )
+    assert set(load_image_dataset(source, "test")["label"]) == {3}
+    with pytest.raises(
+        ValueError, match=r"split='training' not found .* available: \['test', 'train', 'validation'\]"
+    ):
+        load_image_dataset(source, "training")
+
+
+def test_image_folders_with_split_folders_keep_class_labels(tmp_path):
+    for split, count in (("train", 3), ("val", 2)):
+        for label, colour in (("cat", (200, 0, 0)), ("dog", (0, 200, 0))):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), colour).save(folder / f"{i}.png")
+    train, validation = load_image_dataset(str(tmp_path)), load_image_dataset(str(tmp_path), "validation")
+    assert len(train) == 6 and len(validation) == 4
+    assert class_names(train) == ["cat", "dog"] and sorted(validation["label"]) == [0, 0, 1, 1]
 
 
 def test_streaming_dataset_yields_renamed_columns():

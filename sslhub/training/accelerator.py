@@ -1,32 +1,56 @@
-"""The Accelerator of a training run: devices, processes, mixed precision, seeds, trackers and logging."""
+"""The Accelerator of a training run: devices, processes, precision, seeds, trackers and logging."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+
+from .precision import PrecisionChoice, describe, resolve_precision
+
+
+def launch_device() -> torch.device:
+    """The device this process will train on, as Accelerate picks it, known before the Accelerator exists
+    (the precision must be chosen first): the local CUDA GPU unless the launcher asked for the CPU."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+    if use_cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator:
     """An Accelerator for one CPU, one or several GPUs, or several nodes, as `accelerate launch` configures.
 
-    Samplers are seedable (the data order is a function of seed and epoch, needed for exact resume),
-    DDP does not broadcast buffers every step (MoCo's queue is kept identical by construction), and
-    TensorBoard logs go to `output_dir/logs`.
+    The precision is decided from the device (`sslhub.training.precision`), printed with its reason, and
+    kept as `accelerator.precision` (a `PrecisionChoice`) for the run's metrics. Samplers are seedable (the
+    data order is a function of seed and epoch, needed for exact resume), DDP does not broadcast buffers
+    every step (MoCo's queue is kept identical by construction), and TensorBoard logs go to
+    `output_dir/logs`.
     """
+    try:
+        precision = resolve_precision(args.mixed_precision, launch_device())
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
+        mixed_precision=precision.mode,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=ddp_broadcast_buffers)],
         log_with="tensorboard",
         project_dir=str(Path(args.output_dir) / "logs"),
     )
+    accelerator.precision = precision
     set_seed(args.seed)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise here
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    accelerator.print(describe(precision))
     return accelerator
+
+
+__all__ = ["PrecisionChoice", "create_accelerator", "launch_device"]

@@ -83,7 +83,11 @@ class TrainingArguments:
     max_steps: int | None = setting(None, "optimizer steps; overrides epochs when set")
     batch_size: int = setting(256, "images per process and micro-batch")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
-    mixed_precision: str = setting("no", "'no', 'bf16' or 'fp16'")
+    mixed_precision: str | None = setting(
+        None,
+        "auto (bf16 where the device computes it natively, else fp32), no (fp32), bf16 or fp16; unset: "
+        "accelerate launch's --mixed_precision if given, else auto",
+    )
     channels_last: bool = setting(True, "channels_last memory format (faster convolutions)")
     seed: int = setting(0, "seed of initialization, data order and augmentation")
     # optimization; the learning rate is given per 256 images and scaled by the global batch
@@ -104,6 +108,33 @@ class TrainingArguments:
     model: dict = setting(
         {}, "the model's settings, passed to its config preset; one --model.NAME value each (listed below)"
     )
+
+    def __post_init__(self) -> None:
+        """Check every setting that can be checked before any data is read or any model is built."""
+        from ..configuration_common import check_choice, check_positive
+        from .optim import OPTIMIZERS
+        from .precision import PRECISIONS
+
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.mixed_precision is not None:
+            check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        for name in ("batch_size", "epochs", "gradient_accumulation_steps", "log_steps", "save_steps"):
+            check_positive(name, getattr(self, name))
+        for name in ("knn_bank_size", "knn_k", "knn_temperature", "learning_rate"):
+            check_positive(name, getattr(self, name))
+        if self.max_steps is not None:
+            check_positive("max_steps", self.max_steps)
+        for name in ("weight_decay", "warmup_epochs", "knn_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.streaming and self.max_steps is None:
+            raise ValueError("a streamed dataset has no known length: set max_steps")
+        if self.streaming and self.batched_augmentation:
+            raise ValueError(
+                "batched_augmentation needs a map-style dataset: drop streaming or batched_augmentation"
+            )
+        if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
+            raise ValueError(f"resume={self.resume!r} is not a checkpoint folder; pass one, or 'latest'")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -409,7 +440,7 @@ def parse_args(cls: type, argv: list[str] | None = None):
 
     parser = build_parser(cls)
     parser.set_defaults(**defaults)
-    try:
+    try:  # the dataclass checks its settings as it is built (`__post_init__`)
         (args,) = parser.parse_args_into_dataclasses(args=remaining, look_for_args_file=False)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None

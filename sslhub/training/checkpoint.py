@@ -21,8 +21,9 @@ class LoopState:
     """The loop's position, saved with every checkpoint (`accelerator.register_for_checkpointing`)."""
 
     step: int = 0  # optimizer steps done
-    skipped_images: int = 0
+    skipped_images: int = 0  # distinct unreadable files met so far
     metrics: dict[str, float] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)  # their names
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -31,6 +32,7 @@ class LoopState:
         self.step = int(state["step"])
         self.skipped_images = int(state.get("skipped_images", 0))
         self.metrics = dict(state.get("metrics", {}))
+        self.unreadable = list(state.get("unreadable", []))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import Checkpointer
 from .loader import RunLength
+from .precision import PrecisionChoice
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -118,8 +119,7 @@ class RunLogger:
         self.accelerator, self.args, self.length, self.checkpointer = accelerator, args, length, checkpointer
         self.state = checkpointer.state
         self._watch, self._throughput = LossWatch(accelerator.device), Throughput()
-        self._skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
-        self._skipped_before = self.state.skipped_images
+        self._unreadable = set(self.state.unreadable)  # names of unreadable files, this process
         self._started = time.perf_counter()
         accelerator.init_trackers(
             name.replace("-", "_"),
@@ -136,7 +136,7 @@ class RunLogger:
     def update(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """Account for one micro-batch: its loss (kept on the device), images and unreadable files."""
         self._watch.update(loss)
-        self._skipped += batch["num_skipped"].to(self._skipped.device)
+        self._unreadable.update(batch.get("unreadable", ()))
         images = next(v for k, v in batch.items() if k.endswith("pixel_values"))
         self._throughput.add(images.shape[0] * self.accelerator.num_processes)
 
@@ -161,10 +161,11 @@ class RunLogger:
     def check_finite(self, step: int) -> float:
         """Raise `NonFiniteLossError` if a loss since the last check was NaN/inf; the mean loss since then.
 
-        Also brings the loop state's count of skipped images up to date (a collective: call it on every
+        Also brings the loop state's list of unreadable files up to date (a collective: call it on every
         process at the same steps).
         """
-        self.state.skipped_images = self.skipped_images()
+        self.state.unreadable = self.unreadable_files()
+        self.state.skipped_images = len(self.state.unreadable)
         return self._watch.check(step, self.checkpointer.last)
 
     def log(self, values: dict[str, float], step: int) -> None:
@@ -180,18 +181,25 @@ class RunLogger:
         finally:
             self._throughput.start += time.perf_counter() - started
 
-    def skipped_images(self) -> int:
-        """Unreadable images skipped so far in the run (all processes, resumed parts included)."""
-        return self._skipped_before + int(self.accelerator.reduce(self._skipped, reduction="sum"))
+    def unreadable_files(self) -> list[str]:
+        """Names of the unreadable files met so far in the run (all processes, resumed parts included)."""
+        if self.accelerator.num_processes == 1:
+            return sorted(self._unreadable)
+        from accelerate.utils import gather_object
+
+        return sorted({name for names in gather_object([sorted(self._unreadable)]) for name in names})
 
     def summary(self, steps: int) -> dict[str, float]:
-        """The run's metrics (the state's kNN results, steps, time, throughput, peak memory, skipped images)."""
+        """The run's metrics: the state's kNN results, steps, time, throughput, peak memory, unreadable files
+        and the precision."""
         self.progress.close()
-        skipped = self.skipped_images()
-        if skipped:
-            self.accelerator.print(
-                f"warning: {skipped} unreadable images were skipped (named in the log above)"
-            )
+        unreadable = self.unreadable_files()
+        precision = getattr(self.accelerator, "precision", None) or PrecisionChoice(
+            self.accelerator.mixed_precision, "set on the Accelerator"
+        )
+        if unreadable:
+            shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+            self.accelerator.print(f"warning: {len(unreadable)} unreadable images were skipped: {shown}")
         return {
             **self.state.metrics,
             "steps": steps,
@@ -199,5 +207,8 @@ class RunLogger:
             "train_seconds": round(time.perf_counter() - self._started, 1),
             "images_per_second": round(self._throughput.overall(), 1),
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
-            "skipped_images": skipped,
+            "skipped_images": len(unreadable),
+            "unreadable_files": unreadable[:100],
+            "mixed_precision": precision.mode,
+            "precision_reason": precision.reason,
         }
