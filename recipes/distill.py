@@ -52,9 +52,9 @@ from sslhub.training import (
     TrainingArguments,
     TwoViews,
     command_line,
-    cosine_lr,
     create_accelerator,
     create_optimizer,
+    learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
@@ -307,7 +307,7 @@ def main(args: DistillArguments) -> dict[str, float]:
     model.train()
     for micro in micro_batches(loader, accelerator, length, step):
         if micro.first:  # this optimizer step's learning rate
-            lr = cosine_lr(step, length.total_steps, peak_lr, warmup_steps)
+            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
             set_lr(optimizer, lr)
         images, other_view = views(micro.batch, micro.generator(accelerator, args.seed))
         teacher_inputs = {}

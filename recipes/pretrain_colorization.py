@@ -43,9 +43,9 @@ from sslhub.training import (
     RunLogger,
     TrainingArguments,
     command_line,
-    cosine_lr,
     create_accelerator,
     create_optimizer,
+    learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
@@ -79,12 +79,20 @@ class ColorizationArguments(TrainingArguments):
         None, "data of the sample grids (default: knn_eval_dataset, dataset)"
     )
     sample_split: str | None = setting(None, "split of the sample grids (default: knn_eval_split)")
-    # optimization: the paper's Adam (beta2 0.99, L2 1e-3) at lr 3e-5 for batch 40, i.e. 1.92e-4 per 256
-    # images; here AdamW (decoupled decay) on a cosine schedule rather than steps at 200k / 375k iterations
-    optimizer: str = setting("adamw", "'sgd', 'lars' or 'adamw'")
-    learning_rate: float = setting(1.92e-4, "peak learning rate per 256 images (the paper: 3e-5 at batch 40)")
-    weight_decay: float = setting(1e-3, "weight decay")
-    batch_size: int = setting(40, "images per process and micro-batch")
+    batch_size: int = setting(40, "images per process and micro-batch (the paper: 40)")
+    sync_batch_norm: bool = setting(
+        True, "with several processes, BatchNorm statistics over the global batch"
+    )
+
+    def training_preset(self) -> dict:
+        # The paper's Adam (beta2 0.99, L2 1e-3) at lr 3e-5 for batch 40, i.e. 1.92e-4 per 256 images; here
+        # AdamW (decoupled decay) on a cosine schedule rather than steps at 200k and 375k iterations.
+        return {
+            **super().training_preset(),
+            "optimizer": "adamw",
+            "learning_rate": 1.92e-4,
+            "weight_decay": 1e-3,
+        }
 
 
 def colorization_config(args: ColorizationArguments) -> ColorizationConfig:
@@ -200,6 +208,8 @@ def main(args: ColorizationArguments) -> dict[str, float]:
             f"ab prior from {counted} images: {int((prior > 0).sum())}/{len(prior)} bins seen, "
             f"rebalancing weights {weights.min():.3g} to {weights.max():.3g}"
         )
+    if args.sync_batch_norm and accelerator.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -233,7 +243,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
             # The grid of step N shows the model after N optimizer steps (step 0: random init).
             if samples is not None and step % args.sample_steps == 0:
                 sample(step)
-            lr = cosine_lr(step, length.total_steps, peak_lr, warmup_steps)
+            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
             set_lr(optimizer, lr)
         pixel_values = micro.batch["pixel_values"]
         if args.channels_last:

@@ -32,9 +32,9 @@ from sslhub.training import (
     TrainingArguments,
     TwoViews,
     command_line,
-    cosine_lr,
     create_accelerator,
     create_optimizer,
+    learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
@@ -54,24 +54,76 @@ class MoCoArguments(TrainingArguments):
     model_fields_set_by_recipe = ("version", "batch_size")
 
     version: str = setting(
-        "v2", "MoCo version: v1, v2 or v3; its preset fills every model setting left unset"
+        "v2", "MoCo version v1, v2 or v3: its presets fill every model and training setting left unset"
     )
     augmentation: str | None = setting(None, "augmentation preset v1, v2 or v3 (default: the version)")
-    min_crop_scale: float | None = setting(
-        None, "lower bound of RandomResizedCrop's scale (0.2 v1/v2, 0.08 v3)"
-    )
-    final_momentum: float | None = setting(
-        None, "cosine schedule of the key-encoder momentum to this (v3: 1.0)"
-    )
-    freeze_patch_embed: bool = setting(False, "ViTs: keep the patch embedding at its random init (MoCo v3)")
+    min_crop_scale: float | None = setting(None, "lower bound of RandomResizedCrop's scale")
+    final_momentum: float | None = setting(None, "cosine schedule of the key-encoder momentum up to this")
+    freeze_patch_embed: bool | None = setting(None, "ViTs: keep the patch embedding at its random init")
+
+    def training_preset(self) -> dict:
+        backbone = self.model.get("backbone", MoCoConfig.backbone)
+        vit = self.version == "v3" and backbone.startswith(("vit", "deit"))
+        return TRAINING_PRESETS["v3-vit" if vit else self.version]
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_choice("version", self.version, MOCO_VERSIONS)
+        super().__post_init__()
         if self.augmentation is not None:
             check_choice("augmentation", self.augmentation, MOCO_VERSIONS)
         if self.final_momentum is not None and not 0 <= self.final_momentum <= 1:
             raise ValueError(f"final_momentum must be in [0, 1], got {self.final_momentum}")
+
+
+# The training side of each paper's recipe (the model side is `MoCoConfig.<version>`): MoCo v1 (He et al.
+# 2020: SGD, x0.1 at epochs 120 and 160 of 200), v2 (Chen et al. 2020: cosine), v3 (Chen, Xie, He 2021,
+# and the authors' CONFIG.md: ResNets LARS lr 0.6 wd 1e-6, 10 warm-up epochs of 100; ViTs AdamW lr 1.5e-4
+# wd 0.1, 40 of 300, frozen patch embedding; both with the momentum on a cosine from 0.99 to 1).
+# Learning rates are per 256 images.
+TRAINING_PRESETS = {
+    "v1": dict(
+        optimizer="sgd",
+        learning_rate=0.03,
+        weight_decay=1e-4,
+        lr_schedule="step",
+        warmup_epochs=0.0,
+        epochs=200,
+        min_crop_scale=0.2,
+        freeze_patch_embed=False,
+    ),
+    "v2": dict(
+        optimizer="sgd",
+        learning_rate=0.03,
+        weight_decay=1e-4,
+        lr_schedule="cosine",
+        warmup_epochs=0.0,
+        epochs=200,
+        min_crop_scale=0.2,
+        freeze_patch_embed=False,
+    ),
+    "v3": dict(
+        optimizer="lars",
+        learning_rate=0.6,
+        weight_decay=1e-6,
+        lr_schedule="cosine",
+        warmup_epochs=10.0,
+        epochs=100,
+        final_momentum=1.0,
+        min_crop_scale=0.2,
+        freeze_patch_embed=False,
+    ),
+    "v3-vit": dict(
+        optimizer="adamw",
+        learning_rate=1.5e-4,
+        weight_decay=0.1,
+        lr_schedule="cosine",
+        warmup_epochs=40.0,
+        epochs=300,
+        final_momentum=1.0,
+        min_crop_scale=0.08,
+        freeze_patch_embed=True,
+    ),
+}
 
 
 def moco_config(args: MoCoArguments, global_batch: int) -> MoCoConfig:
@@ -130,7 +182,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
     model.train()
     for micro in micro_batches(loader, accelerator, length, step):
         if micro.first:  # this optimizer step's learning rate and key-encoder momentum
-            lr = cosine_lr(step, length.total_steps, peak_lr, warmup_steps)
+            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
             set_lr(optimizer, lr)
             if args.final_momentum is not None:
                 unwrapped.momentum = cosine_momentum(

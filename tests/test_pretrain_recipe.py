@@ -203,3 +203,35 @@ def test_moco_v3_with_lars_accumulation_and_momentum_schedule(tmp_path):
     assert config["version"] == "v3" and config["queue_size"] == 0 and config["predictor_num_layers"] == 2
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 3
+
+
+def _moco_arguments():
+    sys.path.insert(0, str(RECIPE.parent))
+    try:
+        from pretrain_moco import MoCoArguments
+
+        from sslhub.training import parse_args
+    finally:
+        sys.path.pop(0)
+    return lambda *argv: parse_args(MoCoArguments, list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--version", "v1"], dict(optimizer="sgd", learning_rate=0.03, lr_schedule="step", epochs=200)),
+        (["--version", "v2"], dict(optimizer="sgd", learning_rate=0.03, lr_schedule="cosine", final_momentum=None)),
+        (
+            ["--version", "v3"],
+            dict(optimizer="lars", learning_rate=0.6, weight_decay=1e-6, warmup_epochs=10, final_momentum=1.0),
+        ),
+        (
+            ["--version", "v3", "--model.backbone", "vit_small_patch16_224"],
+            dict(optimizer="adamw", learning_rate=1.5e-4, warmup_epochs=40, epochs=300, freeze_patch_embed=True),
+        ),
+        (["--version", "v3", "--optimizer", "adamw", "--epochs", "5"], dict(optimizer="adamw", epochs=5)),
+    ],
+)
+def test_the_version_brings_the_papers_training_recipe(argv, expected):
+    args = _moco_arguments()(*argv)
+    assert {name: getattr(args, name) for name in expected} == expected

@@ -10,14 +10,17 @@ import torch
 
 from sslhub import MoCoConfig
 from sslhub.training import (
+    LARS,
     LossWatch,
     NonFiniteLossError,
     TrainingArguments,
     cosine_lr,
+    create_optimizer,
     list_checkpoints,
     parse_args,
     resolve_resume,
     setting,
+    step_lr,
 )
 
 
@@ -156,3 +159,66 @@ def test_loss_watch_raises_on_nan_and_names_the_steps(tmp_path):
     watch.update(torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"between steps 3 and 4.*last good checkpoint is .*step_2"):
         watch.check(4, tmp_path / "step_2")
+
+
+def _naive_lars_step(params, grads, momenta, lr, weight_decay, momentum, eta=0.001):
+    """LARS of the MoCo v3 authors, written from the formula one tensor at a time."""
+    for w, g, mu in zip(params, grads, momenta, strict=True):
+        d = g.clone()
+        if w.ndim > 1:
+            d = d + weight_decay * w
+            w_norm, d_norm = w.norm(), d.norm()
+            if w_norm > 0 and d_norm > 0:
+                d = d * (eta * w_norm / d_norm)
+        mu.mul_(momentum).add_(d)
+        w.sub_(lr * mu)
+
+
+@pytest.mark.parametrize("weight_decay", [1e-6, 0.0])
+def test_lars_follows_the_moco_v3_authors_formula(weight_decay):
+    torch.manual_seed(0)
+    shapes = [(8, 4), (8,), (3, 3, 2, 2), (5,)]
+    params = [torch.randn(s, requires_grad=True) for s in shapes]
+    reference = [p.detach().clone() for p in params]
+    momenta = [torch.zeros(s) for s in shapes]
+    optimizer = LARS(params, lr=0.6, weight_decay=weight_decay, momentum=0.9)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        _naive_lars_step(reference, grads, momenta, 0.6, weight_decay, 0.9)
+    for got, expected in zip(params, reference, strict=True):
+        torch.testing.assert_close(got.detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_lars_rescales_matrices_also_without_weight_decay():
+    # the first step of a matrix moves it by lr * eta * ||w||, whatever the gradient's size (timm's Lars
+    # skips the trust ratio when wd = 0); vectors take the plain momentum step
+    weight, bias = torch.randn(16, 8, requires_grad=True), torch.randn(8, requires_grad=True)
+    start_weight, start_bias = weight.detach().clone(), bias.detach().clone()
+    weight.grad, bias.grad = 100 * torch.randn(16, 8), torch.randn(8)
+    LARS([weight, bias], lr=0.5, weight_decay=0.0, momentum=0.9).step()
+    moved = (weight.detach() - start_weight).norm()
+    torch.testing.assert_close(moved, 0.5 * 0.001 * start_weight.norm())
+    torch.testing.assert_close(bias.detach(), start_bias - 0.5 * bias.grad)
+
+
+def test_step_schedule_drops_tenfold_at_each_milestone():
+    # MoCo v1: epochs 120 and 160 of 200 are 0.6 and 0.8 of the run
+    assert step_lr(0, 200, 0.03, [0.6, 0.8]) == pytest.approx(0.03)
+    assert step_lr(119, 200, 0.03, [0.6, 0.8]) == pytest.approx(0.03)
+    assert step_lr(120, 200, 0.03, [0.6, 0.8]) == pytest.approx(0.003)
+    assert step_lr(160, 200, 0.03, [0.6, 0.8]) == pytest.approx(0.0003)
+    assert step_lr(0, 200, 0.03, [0.6], warmup_steps=10) == pytest.approx(0.003)
+
+
+def test_the_optimizers_decay_every_parameter_as_the_papers_code_unless_asked():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    args = RecipeArguments(optimizer="adamw")
+    (group,) = create_optimizer(model, args).param_groups
+    assert len(group["params"]) == 4 and group["weight_decay"] == args.weight_decay
+    args = RecipeArguments(optimizer="adamw", no_decay_bias_and_norm=True)
+    decayed, kept = create_optimizer(model, args).param_groups
+    assert [p.ndim for p in decayed["params"]] == [2] and kept["weight_decay"] == 0.0
+    assert isinstance(create_optimizer(model, RecipeArguments(optimizer="lars")), LARS)

@@ -16,12 +16,13 @@ from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resum
 from .final import command_line, publish_final_model, save_final_model
 from .loader import MicroBatch, RunLength, TwoViews, micro_batches, pretraining_loader, set_loader_epoch
 from .monitor import KNNMonitor
-from .optim import cosine_lr, create_optimizer, scaled_lr, set_lr
+from .optim import LARS, cosine_lr, create_optimizer, learning_rate_at, scaled_lr, set_lr, step_lr
 from .tracking import LossWatch, NonFiniteLossError, RunLogger, Throughput, peak_memory_mb
 
 __all__ = [
     "Checkpointer",
     "KNNMonitor",
+    "LARS",
     "LoopState",
     "LossWatch",
     "MicroBatch",
@@ -35,6 +36,7 @@ __all__ = [
     "cosine_lr",
     "create_accelerator",
     "create_optimizer",
+    "learning_rate_at",
     "list_checkpoints",
     "micro_batches",
     "parse_args",
@@ -48,4 +50,5 @@ __all__ = [
     "set_loader_epoch",
     "set_lr",
     "setting",
+    "step_lr",
 ]

@@ -79,7 +79,7 @@ class TrainingArguments:
     knn_temperature: float = setting(0.1, "kNN vote temperature: 0.1 on CIFAR, 0.07 on ImageNet")
     # loop
     output_dir: str = setting("outputs/run", "logs, checkpoints and the final model go here")
-    epochs: int = setting(200, "passes over the training split")
+    epochs: int | None = setting(None, "passes over the training split; unset: the recipe's preset")
     max_steps: int | None = setting(None, "optimizer steps; overrides epochs when set")
     batch_size: int = setting(256, "images per process and micro-batch")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
@@ -90,12 +90,19 @@ class TrainingArguments:
     )
     channels_last: bool = setting(True, "channels_last memory format (faster convolutions)")
     seed: int = setting(0, "seed of initialization, data order and augmentation")
-    # optimization; the learning rate is given per 256 images and scaled by the global batch
-    optimizer: str = setting("sgd", "'sgd', 'lars' or 'adamw'")
-    learning_rate: float = setting(0.03, "peak learning rate per 256 images (x global batch / 256)")
-    weight_decay: float = setting(1e-4, "weight decay")
+    # optimization; unset values come from the recipe's preset (training_preset)
+    optimizer: str | None = setting(None, "sgd, lars or adamw")
+    learning_rate: float | None = setting(None, "peak learning rate per 256 images (x global batch / 256)")
+    weight_decay: float | None = setting(None, "weight decay")
+    no_decay_bias_and_norm: bool = setting(
+        False, "sgd/adamw: no weight decay on biases, norms, ViT position embeddings (the papers decay all)"
+    )
     sgd_momentum: float = setting(0.9, "momentum of SGD and LARS")
-    warmup_epochs: float = setting(0.0, "linear warm-up before the cosine decay, in epochs")
+    lr_schedule: str | None = setting(None, "cosine, or step (x0.1 at each of lr_milestones)")
+    lr_milestones: list[float] = setting(
+        [0.6, 0.8], "step schedule: fractions of the run (MoCo v1: 120, 160 of 200)"
+    )
+    warmup_epochs: float | None = setting(None, "linear warm-up of the learning rate, in epochs")
     max_grad_norm: float | None = setting(None, "clip gradients to this norm")
     # checkpoints and logging
     save_steps: int = setting(1000, "checkpoint every N optimizer steps (and at the end)")
@@ -109,13 +116,31 @@ class TrainingArguments:
         {}, "the model's settings, passed to its config preset; one --model.NAME value each (listed below)"
     )
 
+    def training_preset(self) -> dict[str, Any]:
+        """Values of the optimization settings left unset: the paper's recipe (recipes override this)."""
+        return dict(
+            optimizer="sgd",
+            learning_rate=0.03,
+            weight_decay=1e-4,
+            lr_schedule="cosine",
+            warmup_epochs=0.0,
+            epochs=200,
+        )
+
     def __post_init__(self) -> None:
-        """Check every setting that can be checked before any data is read or any model is built."""
+        """Fill unset settings from the recipe's preset, then check every setting that can be checked
+        before any data is read or any model is built."""
         from ..configuration_common import check_choice, check_positive
-        from .optim import OPTIMIZERS
+        from .optim import LR_SCHEDULES, OPTIMIZERS
         from .precision import PRECISIONS
 
+        for name, value in self.training_preset().items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not all(0 < fraction <= 1 for fraction in self.lr_milestones):
+            raise ValueError(f"lr_milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
         if self.mixed_precision is not None:
             check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         for name in ("batch_size", "epochs", "gradient_accumulation_steps", "log_steps", "save_steps"):
@@ -299,14 +324,15 @@ class _ModelSection:
 
 
 def _split_argv(argv: list[str], section: bool) -> tuple[str | None, dict[str, str], list[str]]:
-    """Take `--config FILE` (and with a model `section`, `--model.NAME VALUE`) out of argv; the rest
-    goes to argparse."""
+    """Take `--config FILE` (and with a model `section`, `--model.NAME VALUE` and `--model MAPPING`) out of
+    argv; the rest goes to argparse. A whole `--model` mapping comes back under the name `""`."""
     config, dotted, rest = None, {}, []
     index = 0
     while index < len(argv):
         token = argv[index]
         name, has_inline, inline = token.partition("=")
-        if name == "--config" or (section and name.startswith(f"--{MODEL_SECTION}.")):
+        is_model = section and (name == f"--{MODEL_SECTION}" or name.startswith(f"--{MODEL_SECTION}."))
+        if name == "--config" or is_model:
             if has_inline:
                 value = inline
             elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
@@ -319,7 +345,7 @@ def _split_argv(argv: list[str], section: bool) -> tuple[str | None, dict[str, s
             if name == "--config":
                 config = value
             else:
-                dotted[name[len(MODEL_SECTION) + 3 :]] = value
+                dotted[name[len(MODEL_SECTION) + 3 :]] = value  # "" for the whole mapping
         else:
             rest.append(token)
         index += 1
@@ -438,16 +464,18 @@ def parse_args(cls: type, argv: list[str] | None = None):
         model.update(section.check({flat: _read_value(raw)}, "the command line"))
         index += 1
 
+    if has_section:  # the whole --model mapping, then --model.NAME values
+        if "" in dotted:
+            model.update(section.check(_read_value(dotted.pop("")), "--model"))
+        model.update(section.check({k: _read_value(v) for k, v in dotted.items()}, "the command line"))
+        defaults[MODEL_SECTION] = model
+
     parser = build_parser(cls)
     parser.set_defaults(**defaults)
     try:  # the dataclass checks its settings as it is built (`__post_init__`)
         (args,) = parser.parse_args_into_dataclasses(args=remaining, look_for_args_file=False)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    if has_section:
-        model.update(section.check(args.model or {}, "--model"))
-        model.update(section.check({k: _read_value(v) for k, v in dotted.items()}, "the command line"))
-        args.model = model
     return args
 
 
