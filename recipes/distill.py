@@ -60,6 +60,7 @@ from sslhub.training import (
     pretraining_loader,
     publish_final_model,
     save_arguments,
+    saved_model_config,
     scaled_lr,
     set_lr,
     setting,
@@ -89,9 +90,14 @@ class DistillArguments(TrainingArguments):
     augmentation: str = setting("v2", "MoCo augmentation preset of the student's view: v1, v2 or v3")
     min_crop_scale: float | None = setting(None, "lower bound of RandomResizedCrop's scale (default 0.2)")
     kmeans_iters: int = setting(50, "cluster: Lloyd iterations of the k-means on the teacher's embeddings")
+    init_from: str | None = setting(
+        None, "continue distilling a saved student (folder or Hub id); its architecture and loss are kept"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.init_from:
+            saved_model_config(self.init_from, StudentConfig)
         if self.teacher is None:
             raise ValueError(
                 "teacher is required: a model folder, Hub id, timm:<name> or transformers image model id"
@@ -119,8 +125,17 @@ PAPERS = {
 
 
 def student_config(args: DistillArguments, teacher_dim: int) -> StudentConfig:
-    """The student's config: the `model` section with the teacher's embedding width and name."""
+    """The student's config: the `model` section (over the `init_from` student's config) with the teacher's
+    embedding width and name."""
     try:
+        if args.init_from:
+            config = StudentConfig.from_pretrained(args.init_from, **args.model, teacher_name=args.teacher)
+            if teacher_dim != 1 and config.teacher_dim != teacher_dim:
+                raise SystemExit(
+                    f"error: the student in {args.init_from} matches {config.teacher_dim}-d teacher embeddings, "
+                    f"the teacher {args.teacher} gives {teacher_dim}-d ones"
+                )
+            return config
         return StudentConfig(**args.model, teacher_dim=teacher_dim, teacher_name=args.teacher)
     except ValueError as error:
         raise SystemExit(f"error: model.{error}") from None
@@ -267,7 +282,10 @@ def main(args: DistillArguments) -> dict[str, float]:
 
     # Model: the student and its loss state (queues, cluster head); every process builds the same one.
     config = student_config(args, teacher.embedding_dim)
-    model = StudentForDistillation(config)
+    if args.init_from:  # the saved student and, from a distillation checkpoint, its queues
+        model = StudentForDistillation.from_pretrained(args.init_from, config=config)
+    else:
+        model = StudentForDistillation(config)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 

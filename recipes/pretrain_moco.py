@@ -40,6 +40,7 @@ from sslhub.training import (
     pretraining_loader,
     publish_final_model,
     save_arguments,
+    saved_model_config,
     scaled_lr,
     set_lr,
     setting,
@@ -60,13 +61,19 @@ class MoCoArguments(TrainingArguments):
     min_crop_scale: float | None = setting(None, "lower bound of RandomResizedCrop's scale")
     final_momentum: float | None = setting(None, "cosine schedule of the key-encoder momentum up to this")
     freeze_patch_embed: bool | None = setting(None, "ViTs: keep the patch embedding at its random init")
+    init_from: str | None = setting(
+        None,
+        "continue pre-training a saved MoCo model (folder or Hub id); its version and architecture are kept",
+    )
 
     def training_preset(self) -> dict:
-        backbone = self.model.get("backbone", MoCoConfig.backbone)
+        backbone = self.model.get("backbone", self._saved.get("backbone", MoCoConfig.backbone))
         vit = self.version == "v3" and backbone.startswith(("vit", "deit"))
         return TRAINING_PRESETS["v3-vit" if vit else self.version]
 
     def __post_init__(self) -> None:
+        self._saved = saved_model_config(self.init_from, MoCoConfig) if self.init_from else {}
+        self.version = self._saved.get("version", self.version)
         check_choice("version", self.version, MOCO_VERSIONS)
         super().__post_init__()
         if self.augmentation is not None:
@@ -127,8 +134,11 @@ TRAINING_PRESETS = {
 
 
 def moco_config(args: MoCoArguments, global_batch: int) -> MoCoConfig:
-    """The model config: the version's preset with the `model` section's settings."""
+    """The model config: the version's preset (or the `init_from` model's config) with the `model`
+    section's settings."""
     try:
+        if args.init_from:
+            return MoCoConfig.from_pretrained(args.init_from, **args.model, batch_size=global_batch)
         return getattr(MoCoConfig, args.version)(**args.model, batch_size=global_batch)
     except ValueError as error:
         raise SystemExit(f"error: model.{error}") from None
@@ -150,8 +160,13 @@ def main(args: MoCoArguments) -> dict[str, float]:
     views = TwoViews(args, augmentation, *image)  # batched augmentation: views made on the device
     length = RunLength.of(args, loader)
 
-    # Model: every process builds the same model (same seed), so query, key and queue start identical.
-    model = MoCoForPreTraining(config)
+    # Model: every process builds the same model (same seed), so query, key and queue start identical;
+    # from a saved model, the key encoder and queue are those saved, or a copy of its encoder and a new queue.
+    model = (
+        MoCoForPreTraining.from_pretrained(args.init_from, config=config)
+        if args.init_from
+        else MoCoForPreTraining(config)
+    )
     if args.freeze_patch_embed:
         model.query_encoder.backbone.patch_embed.requires_grad_(False)
     if config.key_batch_norm == "sync" and accelerator.num_processes > 1:
@@ -226,6 +241,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
             card=dict(
                 family=f"MoCo {args.version}",
                 paper=f"moco-{args.version}",  # a key of sslhub.hub.PAPERS
+                base_model=args.init_from,
                 datasets=[dataset_card_name(args.dataset)],
                 reproduce_command=command_line(),
             ),

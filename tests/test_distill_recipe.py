@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,41 @@ def test_shipped_distillation_configs_parse(config):
     student = student_config(args, teacher_dim)
     assert student.backbone == args.model["backbone"] and student.teacher_name == args.teacher
     assert student.loss in ("seed", "compress_2q") and student.queue_size >= 65536
+
+
+def test_too_many_clusters_fail_before_the_teacher_embeds_anything(tmp_path):
+    started = time.perf_counter()
+    command = [
+        sys.executable,
+        str(RECIPE),
+        *TINY,
+        "--teacher",
+        "timm:test_resnet",
+        "--teacher_pretrained",
+        "false",
+    ]
+    command += ["--model.loss", "cluster", "--model.num_clusters", "16000", "--output_dir", str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "model.num_clusters=16000 is more than the 128 training images" in result.stderr
+    assert "leave it unset" in result.stderr
+    assert not (tmp_path / "teacher_embeddings.safetensors").exists()
+    assert time.perf_counter() - started < 60
+
+
+def test_unset_cluster_count_follows_the_dataset_size(tmp_path):
+    result = _run(
+        "--teacher",
+        "timm:test_resnet",
+        "--teacher_pretrained",
+        "false",
+        "--model.loss",
+        "cluster",
+        "--max_steps",
+        "1",
+        "--output_dir",
+        str(tmp_path),
+    )
+    assert "cluster: 2 k-means clusters for 128 images" in result.stdout
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["num_clusters"] == 2

@@ -220,14 +220,21 @@ def _moco_arguments():
     ("argv", "expected"),
     [
         (["--version", "v1"], dict(optimizer="sgd", learning_rate=0.03, lr_schedule="step", epochs=200)),
-        (["--version", "v2"], dict(optimizer="sgd", learning_rate=0.03, lr_schedule="cosine", final_momentum=None)),
+        (
+            ["--version", "v2"],
+            dict(optimizer="sgd", learning_rate=0.03, lr_schedule="cosine", final_momentum=None),
+        ),
         (
             ["--version", "v3"],
-            dict(optimizer="lars", learning_rate=0.6, weight_decay=1e-6, warmup_epochs=10, final_momentum=1.0),
+            dict(
+                optimizer="lars", learning_rate=0.6, weight_decay=1e-6, warmup_epochs=10, final_momentum=1.0
+            ),
         ),
         (
             ["--version", "v3", "--model.backbone", "vit_small_patch16_224"],
-            dict(optimizer="adamw", learning_rate=1.5e-4, warmup_epochs=40, epochs=300, freeze_patch_embed=True),
+            dict(
+                optimizer="adamw", learning_rate=1.5e-4, warmup_epochs=40, epochs=300, freeze_patch_embed=True
+            ),
         ),
         (["--version", "v3", "--optimizer", "adamw", "--epochs", "5"], dict(optimizer="adamw", epochs=5)),
     ],
@@ -235,3 +242,60 @@ def _moco_arguments():
 def test_the_version_brings_the_papers_training_recipe(argv, expected):
     args = _moco_arguments()(*argv)
     assert {name: getattr(args, name) for name in expected} == expected
+
+
+def test_every_unreadable_file_is_named_and_counted(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for label, colour in (("cat", (200, 0, 0)), ("dog", (0, 200, 0))):
+        (folder / label).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (40, 40), colour).save(folder / label / f"{i}.jpg")
+    (folder / "cat" / "empty.png").write_bytes(b"")
+    (folder / "dog" / "notes.jpg").write_text("not an image")
+    jpeg = (folder / "dog" / "0.jpg").read_bytes()
+    (folder / "dog" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    result = _run(
+        *("--dataset", str(folder), "--split", "train", "--batch_size", "8", "--max_steps", "3"),
+        *("--output_dir", str(tmp_path / "run")),
+    )
+    for name in ("empty.png", "notes.jpg", "truncated.jpg"):
+        assert name in result.stderr, name
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["skipped_images"] == 3
+    assert sorted(Path(n.split(" (")[0]).name for n in metrics["unreadable_files"]) == [
+        "empty.png",
+        "notes.jpg",
+        "truncated.jpg",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--version", "v4"], "version must be one of"),
+        (["--optimizer", "adam"], "optimizer must be one of"),
+        (["--model.temperature", "0"], "model.temperature must be a positive number"),
+        (["--model.backbone", "resnet_5o"], "model.backbone='resnet_5o' is not a timm model name"),
+        (["--resume", "/no/such/checkpoint"], "resume='/no/such/checkpoint' is not a checkpoint folder"),
+        (["--dataset", "/no/such/folder", "--streaming", "true"], "streamed dataset has no known length"),
+        (["--init_from", "/no/such/model"], "init_from='/no/such/model' cannot be read"),
+        (["--model.queue_size", "100"], "queue_size=100 must be a multiple of the keys enqueued per step"),
+    ],
+)
+def test_bad_settings_fail_before_any_data_is_read(argv, message, tmp_path):
+    started = time.perf_counter()
+    result = _run(*argv, "--dataset", "/no/such/folder", "--output_dir", str(tmp_path), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert time.perf_counter() - started < 60 and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe", ["pretrain_moco.py", "distill.py", "pretrain_colorization.py", "evaluate.py"]
+)
+def test_help_works_anywhere_on_the_command_line(recipe):
+    command = [sys.executable, str(ROOT / "recipes" / recipe), "--batch_size", "8", "--help"]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--batch_size" in result.stdout and "--output_dir" in result.stdout

@@ -11,7 +11,7 @@
 """
 
 from .accelerator import create_accelerator
-from .arguments import TrainingArguments, parse_args, save_arguments, setting
+from .arguments import TrainingArguments, parse_args, save_arguments, saved_model_config, setting
 from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
 from .final import command_line, publish_final_model, save_final_model
 from .loader import MicroBatch, RunLength, TwoViews, micro_batches, pretraining_loader, set_loader_epoch
@@ -46,6 +46,7 @@ __all__ = [
     "resolve_resume",
     "save_arguments",
     "save_final_model",
+    "saved_model_config",
     "scaled_lr",
     "set_loader_epoch",
     "set_lr",

@@ -479,6 +479,24 @@ def parse_args(cls: type, argv: list[str] | None = None):
     return args
 
 
+def saved_model_config(name_or_path: str, config_class: type) -> dict[str, Any]:
+    """The config of a saved model (`init_from`: a folder or Hub id), read without loading its weights.
+
+    Raises:
+        ValueError: naming what is wrong when the config cannot be read or belongs to another family.
+    """
+    try:
+        values, _ = config_class.get_config_dict(name_or_path)
+    except OSError as error:
+        raise ValueError(f"init_from={name_or_path!r} cannot be read: {error}") from None
+    if values.get("model_type") != config_class.model_type:
+        raise ValueError(
+            f"init_from={name_or_path!r} is a {values.get('model_type')!r} model; this recipe continues "
+            f"{config_class.model_type!r} models"
+        )
+    return values
+
+
 def save_arguments(args, path: str | Path) -> None:
     """Write the resolved settings as YAML (next to the run's outputs, for provenance); it reads back."""
     Path(path).write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
