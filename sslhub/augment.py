@@ -73,28 +73,6 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (N, 1, H, W), ITU-R 601
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maximum, _ = x.max(1)
-    minimum, _ = x.min(1)
-    delta = maximum - minimum
-    value = maximum
-    saturation = torch.where(maximum > 0, delta / maximum.clamp(min=1e-12), torch.zeros_like(maximum))
-    safe = delta.clamp(min=1e-12)
-    hue = torch.where(
-        maximum == r, ((g - b) / safe) % 6, torch.where(maximum == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    )
-    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
-    return torch.stack([hue, saturation, value], dim=1)
-
-
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    hue, saturation, value = x.unbind(1)
-    k = torch.stack([(5 + hue * 6) % 6, (3 + hue * 6) % 6, (1 + hue * 6) % 6], dim=1)  # (N, 3, H, W)
-    weight = (torch.minimum(k, 4 - k)).clamp(0, 1)
-    return value[:, None] - value[:, None] * saturation[:, None] * weight
-
-
 def _per_image(factor: torch.Tensor) -> torch.Tensor:
     return factor[:, None, None, None]  # (N, 1, 1, 1)
 
@@ -114,9 +92,27 @@ def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    hsv = _rgb_to_hsv(x)
-    hsv = torch.cat([(hsv[:, :1] + _per_image(shift)) % 1.0, hsv[:, 1:]], dim=1)
-    return _hsv_to_rgb(hsv).clamp(0, 1)
+    """Rotate the hue by `shift` (N,) turns: torchvision's RGB -> HSV -> RGB round trip, written for speed.
+
+    A hue shift keeps each pixel's maximum (HSV value) and max - min (value x saturation); only the hue,
+    in sixths of a turn, moves, and each channel is the maximum minus (max - min) times a trapezoid of it.
+    """
+    r, g, b = x.unbind(1)
+    maximum = torch.maximum(torch.maximum(r, g), b)  # (N, H, W)
+    delta = maximum - torch.minimum(torch.minimum(r, g), b)
+    inverse = 1 / delta.clamp(min=1e-12)  # grey pixels: any hue, their delta is 0
+    hue = torch.where(
+        maximum == r,
+        (g - b) * inverse,
+        torch.where(maximum == g, (b - r) * inverse + 2, (r - g) * inverse + 4),
+    )
+    hue = hue + 6 * shift[:, None, None]
+    channels = []
+    for offset in (5, 3, 1):  # red, green, blue
+        k = torch.remainder(hue + offset, 6)
+        weight = 1 - ((k - 2).abs_() - 1).clamp_(0, 1)  # min(k, 4 - k) clamped to [0, 1]
+        channels.append(maximum - delta * weight)
+    return torch.stack(channels, dim=1).clamp_(0, 1)  # (N, 3, H, W)
 
 
 # In the order of torchvision's `ColorJitter` (its `fn_idx`): 0 brightness, 1 contrast, 2 saturation, 3 hue.

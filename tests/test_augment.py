@@ -175,6 +175,18 @@ def test_color_jitter_matches_torchvision_per_adjustment(kind, factor, reference
     torch.testing.assert_close(color_jitter(x, **factors), expected, rtol=0, atol=2e-3)
 
 
+def test_hue_shift_handles_grey_black_white_and_tied_pixels():
+    x = _images(4, 8)
+    x[0] = x[0, :1]  # grey
+    x[1, :, :2] = 0.0
+    x[1, :, 2:4] = 1.0
+    x[2, 0] = x[2, 1]  # red and green tie
+    x[3, 1] = x[3, 2]  # green and blue tie
+    shift = torch.tensor([0.3, -0.5, 0.5, -0.2])
+    expected = torch.stack([TF.adjust_hue(image, s.item()) for image, s in zip(x, shift, strict=True)])
+    torch.testing.assert_close(color_jitter(x, None, None, None, shift), expected, rtol=0, atol=2e-3)
+
+
 def test_color_jitter_matches_torchvisions_random_order():
     # torchvision's ColorJitter draws an order (fn_idx) and four factors per call: replay them on a batch.
     jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)
