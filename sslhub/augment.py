@@ -12,6 +12,11 @@ transforms from) to a whole batch, drawing every random parameter for the batch 
   horizontal flip;
 - normalization.
 
+The operations, their order and their parameter distributions are the per-image path's; pixels differ a
+little (float arithmetic instead of PIL's uint8 rounding, `roi_align` instead of PIL's antialiased resize),
+and so do the random streams: the same seed gives other views in the two paths. Jitter and blur run on
+the subsets of images that apply them (boolean selection: on a GPU, one host sync per subset).
+
 Its input is a batch of equal-sized uint8 images (`data.UInt8ImageDataset` items, e.g. CIFAR); its
 randomness comes from a `torch.Generator`, seeded per batch from (seed, epoch, batch index) by the
 recipe, so that a resumed run draws the same views.
