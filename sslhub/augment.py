@@ -1,52 +1,36 @@
 """Batched two-view augmentation on tensors, run where the model runs (CPU or GPU).
 
 Per-image PIL augmentation costs about 1.5 ms a view on one CPU core, far more than a small model's
-training step at 32x32; on a GPU it starves the device. `BatchedTwoViewAugmentation` draws every
-random parameter for the whole batch at once and applies the MoCo presets with a handful of batched
-tensor operations:
+training step at 32x32; on a GPU it starves the device. `BatchedTwoViewAugmentation` applies the views
+of a preset of `augment_presets.PRESETS` (the table `data.two_view_transform` builds its torchvision
+transforms from) to a whole batch, drawing every random parameter for the batch at once:
 
 - random resized crop: per-image boxes (torchvision's sampling: scale, log-uniform aspect ratio, ten
   tries, then the centre crop) resampled bilinearly with `torchvision.ops.roi_align`;
-- colour jitter (brightness, contrast, saturation, hue, applied in that fixed order), random grayscale,
-  Gaussian blur (per-image sigma, grouped separable convolution), solarization, horizontal flip;
+- colour jitter (brightness, contrast, saturation, hue in a random order per image, as torchvision),
+  random grayscale, Gaussian blur (per-image sigma, grouped separable convolution), solarization,
+  horizontal flip;
 - normalization.
 
-Its input is a batch of equal-sized uint8 images (`ImageDataset` items with `to_uint8_tensor`, e.g. CIFAR);
-its randomness comes from a `torch.Generator`, seeded per batch from (seed, epoch, batch index) by the
+The operations, their order and their parameter distributions are the per-image path's; pixels differ a
+little (float arithmetic instead of PIL's uint8 rounding, `roi_align` instead of PIL's antialiased resize),
+and so do the random streams: the same seed gives other views in the two paths. Jitter and blur run on
+the subsets of images that apply them (boolean selection: on a GPU, one host sync per subset).
+
+Its input is a batch of equal-sized uint8 images (`data.UInt8ImageDataset` items, e.g. CIFAR); its
+randomness comes from a `torch.Generator`, seeded per batch from (seed, epoch, batch index) by the
 recipe, so that a resumed run draws the same views.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-
-@dataclass(frozen=True)
-class ViewSettings:
-    """The random transformations of one view (the MoCo presets of `data.two_view_transform`)."""
-
-    min_scale: float = 0.2
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    solarize_p: float = 0.0
-    flip_p: float = 0.5
-
-
-PRESETS = {
-    "v1": (ViewSettings(jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, blur_p=0.0),) * 2,
-    "v2": (ViewSettings(),) * 2,
-    "v3": (
-        ViewSettings(min_scale=0.08, jitter=(0.4, 0.4, 0.2, 0.1), blur_p=1.0),
-        ViewSettings(min_scale=0.08, jitter=(0.4, 0.4, 0.2, 0.1), blur_p=0.1, solarize_p=0.2),
-    ),
-}
+from . import augment_presets as presets
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -61,19 +45,20 @@ def crop_boxes(
     n: int,
     height: int,
     width: int,
-    min_scale: float,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
     generator: torch.Generator,
     device=None,
     tries: int = 10,
 ) -> torch.Tensor:
     """RandomResizedCrop boxes `(x1, y1, x2, y2)` for `n` images of `height x width`, torchvision's way.
 
-    Scale ~ U(min_scale, 1) of the area, aspect ratio log-uniform in [3/4, 4/3]; the first of `tries`
-    draws that fits is used, else the whole image (centre crop at the clamped ratio).
+    Scale ~ U(scale) of the area, aspect ratio log-uniform in `ratio`; the first of `tries` draws that
+    fits is used, else the whole image (centre crop at the clamped ratio).
     """
     area = height * width
-    scale = _uniform(n * tries, min_scale, 1.0, generator, device).view(n, tries)
-    log_ratio = _uniform(n * tries, math.log(3 / 4), math.log(4 / 3), generator, device).view(n, tries)
+    scale = _uniform(n * tries, scale[0], scale[1], generator, device).view(n, tries)
+    log_ratio = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), generator, device).view(n, tries)
     ratio = log_ratio.exp()
     w = (area * scale * ratio).sqrt().round()
     h = (area * scale / ratio).sqrt().round()
@@ -93,46 +78,94 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (N, 1, H, W), ITU-R 601
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+def _per_image(factor: torch.Tensor) -> torch.Tensor:
+    return factor[:, None, None, None]  # (N, 1, 1, 1)
+
+
+def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (x * _per_image(factor)).clamp(0, 1)
+
+
+def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * _per_image(factor) + mean).clamp(0, 1)
+
+
+def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    gray = _grayscale(x)
+    return ((x - gray) * _per_image(factor) + gray).clamp(0, 1)
+
+
+def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `shift` (N,) turns: torchvision's RGB -> HSV -> RGB round trip, written for speed.
+
+    A hue shift keeps each pixel's maximum (HSV value) and max - min (value x saturation); only the hue,
+    in sixths of a turn, moves, and each channel is the maximum minus (max - min) times a trapezoid of it.
+    """
     r, g, b = x.unbind(1)
-    maximum, _ = x.max(1)
-    minimum, _ = x.min(1)
-    delta = maximum - minimum
-    value = maximum
-    saturation = torch.where(maximum > 0, delta / maximum.clamp(min=1e-12), torch.zeros_like(maximum))
-    safe = delta.clamp(min=1e-12)
+    maximum = torch.maximum(torch.maximum(r, g), b)  # (N, H, W)
+    delta = maximum - torch.minimum(torch.minimum(r, g), b)
+    inverse = 1 / delta.clamp(min=1e-12)  # grey pixels: any hue, their delta is 0
     hue = torch.where(
-        maximum == r, ((g - b) / safe) % 6, torch.where(maximum == g, (b - r) / safe + 2, (r - g) / safe + 4)
+        maximum == r,
+        (g - b) * inverse,
+        torch.where(maximum == g, (b - r) * inverse + 2, (r - g) * inverse + 4),
     )
-    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
-    return torch.stack([hue, saturation, value], dim=1)
+    hue = hue + 6 * shift[:, None, None]
+    channels = []
+    for offset in (5, 3, 1):  # red, green, blue
+        k = torch.remainder(hue + offset, 6)
+        weight = 1 - ((k - 2).abs_() - 1).clamp_(0, 1)  # min(k, 4 - k) clamped to [0, 1]
+        channels.append(maximum - delta * weight)
+    return torch.stack(channels, dim=1).clamp_(0, 1)  # (N, 3, H, W)
 
 
-def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    hue, saturation, value = x.unbind(1)
-    k = torch.stack([(5 + hue * 6) % 6, (3 + hue * 6) % 6, (1 + hue * 6) % 6], dim=1)  # (N, 3, H, W)
-    weight = (torch.minimum(k, 4 - k)).clamp(0, 1)
-    return value[:, None] - value[:, None] * saturation[:, None] * weight
+# In the order of torchvision's `ColorJitter` (its `fn_idx`): 0 brightness, 1 contrast, 2 saturation, 3 hue.
+_ADJUSTMENTS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
 
 
 def color_jitter(
     x: torch.Tensor,
-    brightness: torch.Tensor,
-    contrast: torch.Tensor,
-    saturation: torch.Tensor,
-    hue: torch.Tensor,
+    brightness: torch.Tensor | None,
+    contrast: torch.Tensor | None,
+    saturation: torch.Tensor | None,
+    hue: torch.Tensor | None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-image colour jitter of (N, 3, H, W) images in [0, 1]; factors are (N,), hue a shift in turns."""
-    x = (x * brightness[:, None, None, None]).clamp(0, 1)
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * contrast[:, None, None, None] + mean).clamp(0, 1)
-    gray = _grayscale(x)
-    x = ((x - gray) * saturation[:, None, None, None] + gray).clamp(0, 1)
-    if bool((hue != 0).any()):
-        hsv = _rgb_to_hsv(x)
-        hsv = torch.cat([(hsv[:, :1] + hue[:, None, None, None]) % 1.0, hsv[:, 1:]], dim=1)
-        x = _hsv_to_rgb(hsv).clamp(0, 1)
+    """Per-image colour jitter of (N, 3, H, W) images in [0, 1], torchvision's `ColorJitter` on a batch.
+
+    Args:
+        x: images (N, 3, H, W) in [0, 1].
+        brightness, contrast, saturation: factors (N,); `None` leaves the adjustment out.
+        hue: shifts (N,) in turns; `None` leaves it out.
+        order: (N, 4), per image the adjustments' indices (0 brightness, 1 contrast, 2 saturation, 3 hue)
+            in the order they are applied (torchvision's `fn_idx`, a random permutation); a row of -1
+            leaves its image unchanged. `None`: brightness, contrast, saturation, hue for every image.
+
+    Returns:
+        The jittered images, a new tensor.
+    """
+    if order is None:
+        order = torch.arange(4, device=x.device).expand(len(x), 4)
+    factors = (brightness, contrast, saturation, hue)
+    x = x.clone()
+    # Round by round, each adjustment runs on the images that apply it in that round: 4 batched calls per
+    # round on disjoint subsets, the work of one pass over the batch per adjustment.
+    for step in range(order.shape[1]):
+        for index, (adjust, factor) in enumerate(zip(_ADJUSTMENTS, factors, strict=True)):
+            if factor is None:
+                continue
+            chosen = (order[:, step] == index).nonzero().squeeze(1)
+            if len(chosen):
+                x[chosen] = adjust(x[chosen], factor[chosen])
     return x
+
+
+def jitter_order(apply: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The `order` of `color_jitter`: per image a uniformly random permutation of the four adjustments
+    (torchvision draws `torch.randperm(4)` per call), a row of -1 where `apply` (N,) is False."""
+    order = torch.rand(len(apply), 4, generator=generator, device=apply.device).argsort(1)  # (N, 4)
+    return order.masked_fill(~apply[:, None], -1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -148,68 +181,115 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return flat.view(n, c, h, w)
 
 
+# One batched implementation per operation of the preset table: `(x, operation, generator, image_size)`,
+# x float (N, 3, H, W) in [0, 1]; each draws its random parameters from `generator`, in this order.
+
+
+def _resized_crop(
+    x: torch.Tensor, operation: presets.ResizedCrop, generator: torch.Generator, image_size: int
+) -> torch.Tensor:
+    n, _, height, width = x.shape
+    boxes = crop_boxes(n, height, width, operation.scale, operation.ratio, generator, x.device)
+    rois = torch.cat([torch.arange(n, device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
+    return roi_align(
+        x,
+        rois,
+        output_size=(image_size, image_size),
+        spatial_scale=1.0,
+        sampling_ratio=-1,  # adaptive: one bilinear sample per pixel when enlarging, averages when shrinking
+        aligned=True,
+    )  # (N, 3, S, S)
+
+
+def _color_jitter(
+    x: torch.Tensor, operation: presets.ColorJitter, generator: torch.Generator, image_size: int
+) -> torch.Tensor:
+    n, device = len(x), x.device
+    order = jitter_order(_bernoulli(n, operation.p, generator, device), generator)
+    ranges = (
+        (max(0.0, 1 - operation.brightness), 1 + operation.brightness),
+        (max(0.0, 1 - operation.contrast), 1 + operation.contrast),
+        (max(0.0, 1 - operation.saturation), 1 + operation.saturation),
+        (-operation.hue, operation.hue),
+    )
+    factors = [None if low == high else _uniform(n, low, high, generator, device) for low, high in ranges]
+    return color_jitter(x, *factors, order=order)
+
+
+def _random_grayscale(
+    x: torch.Tensor, operation: presets.Grayscale, generator: torch.Generator, image_size: int
+) -> torch.Tensor:
+    gray = _bernoulli(len(x), operation.p, generator, x.device)
+    return torch.where(_per_image(gray), _grayscale(x).expand_as(x), x)
+
+
+def _gaussian_blur(
+    x: torch.Tensor, operation: presets.GaussianBlur, generator: torch.Generator, image_size: int
+) -> torch.Tensor:
+    blur = _bernoulli(len(x), operation.p, generator, x.device)
+    sigma = _uniform(len(x), *operation.sigma, generator, x.device)
+    chosen = blur.nonzero().squeeze(1)
+    if len(chosen):
+        x = x.clone()
+        x[chosen] = gaussian_blur(x[chosen], sigma[chosen], operation.kernel_size(image_size))
+    return x
+
+
+def _solarize(
+    x: torch.Tensor, operation: presets.Solarize, generator: torch.Generator, image_size: int
+) -> torch.Tensor:
+    solarize = _bernoulli(len(x), operation.p, generator, x.device)
+    return torch.where(_per_image(solarize) & (x >= operation.threshold / 255), 1 - x, x)
+
+
+def _horizontal_flip(
+    x: torch.Tensor, operation: presets.HorizontalFlip, generator: torch.Generator, image_size: int
+) -> torch.Tensor:
+    flip = _bernoulli(len(x), operation.p, generator, x.device)
+    return torch.where(_per_image(flip), x.flip(-1), x)
+
+
+_BATCHED = {
+    presets.ResizedCrop: _resized_crop,
+    presets.ColorJitter: _color_jitter,
+    presets.Grayscale: _random_grayscale,
+    presets.GaussianBlur: _gaussian_blur,
+    presets.Solarize: _solarize,
+    presets.HorizontalFlip: _horizontal_flip,
+}
+
+
 class BatchedTwoViewAugmentation:
-    """The MoCo v1/v2/v3 two-view presets on a batch of equal-sized uint8 images, on their device.
+    """The two views of a MoCo preset (`augment_presets.PRESETS`) on a batch of equal-sized uint8 images,
+    on their device.
 
     Args:
         preset: "v1", "v2" or "v3" (as `data.two_view_transform`).
         image_size: output side.
         mean, std: normalization of the output.
         min_scale: overrides the crop's lower scale bound.
+
+    Attributes:
+        views: the (query, key) operations applied, in order (`augment_presets.preset_views`).
     """
 
     def __init__(self, preset: str, image_size: int, mean, std, min_scale: float | None = None) -> None:
-        if preset not in PRESETS:
-            raise ValueError(f"augmentation must be one of {sorted(PRESETS)}, got {preset!r}")
-        views = PRESETS[preset]
-        if min_scale is not None:
-            views = tuple(ViewSettings(**{**v.__dict__, "min_scale": min_scale}) for v in views)
-        self.views = views
+        self.views = presets.preset_views(preset, image_size, min_scale)
         self.image_size = image_size
-        # Blur helps at ImageNet scale; at 32x32 it only destroys the little signal there is.
-        self.blur = image_size >= 64
-        self.kernel_size = max(3, int(0.1 * image_size) // 2 * 2 + 1)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def view(self, images: torch.Tensor, settings: ViewSettings, generator: torch.Generator) -> torch.Tensor:
-        """One augmented, normalized view (N, 3, S, S) float32 of uint8 images (N, 3, H, W)."""
-        n, _, height, width = images.shape
-        device = images.device
+    def view(self, images: torch.Tensor, view: presets.View, generator: torch.Generator) -> torch.Tensor:
+        """One augmented, normalized view (N, 3, S, S) float32 of uint8 images (N, 3, H, W).
+
+        `view`'s operations run in order; the first is expected to be the crop, which sizes the output.
+        """
         x = images.float() / 255
-        boxes = crop_boxes(n, height, width, settings.min_scale, generator, device)
-        rois = torch.cat([torch.arange(n, device=device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
-        x = roi_align(
-            x,
-            rois,
-            output_size=(self.image_size, self.image_size),
-            spatial_scale=1.0,
-            sampling_ratio=-1,  # adaptive: one bilinear sample per pixel when enlarging, averages when shrinking
-            aligned=True,
-        )  # (N, 3, S, S)
-
-        b, c, s, h = settings.jitter
-        apply = _bernoulli(n, settings.jitter_p, generator, device)
-        ones = torch.ones(n, device=device)
-        brightness = torch.where(apply, _uniform(n, max(0, 1 - b), 1 + b, generator, device), ones)
-        contrast = torch.where(apply, _uniform(n, max(0, 1 - c), 1 + c, generator, device), ones)
-        saturation = torch.where(apply, _uniform(n, max(0, 1 - s), 1 + s, generator, device), ones)
-        hue = torch.where(apply, _uniform(n, -h, h, generator, device), torch.zeros(n, device=device))
-        x = color_jitter(x, brightness, contrast, saturation, hue)
-
-        gray = _bernoulli(n, settings.grayscale_p, generator, device)[:, None, None, None]
-        x = torch.where(gray, _grayscale(x).expand_as(x), x)
-        if self.blur and settings.blur_p > 0:
-            blur = _bernoulli(n, settings.blur_p, generator, device)
-            sigma = _uniform(n, 0.1, 2.0, generator, device)
-            x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma, self.kernel_size), x)
-        if settings.solarize_p > 0:
-            solarize = _bernoulli(n, settings.solarize_p, generator, device)[:, None, None, None]
-            x = torch.where(solarize & (x >= 0.5), 1 - x, x)
-        flip = _bernoulli(n, settings.flip_p, generator, device)[:, None, None, None]
-        x = torch.where(flip, x.flip(-1), x)
-        return (x - self.mean.to(device)) / self.std.to(device)
+        for operation in view:
+            x = _BATCHED[type(operation)](x, operation, generator, self.image_size)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`(query_view, key_view)` of a uint8 batch (N, 3, H, W)."""
-        return self.view(images, self.views[0], generator), self.view(images, self.views[1], generator)
+        query, key = self.views
+        return self.view(images, query, generator), self.view(images, key, generator)

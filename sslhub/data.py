@@ -30,6 +30,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset
 from torchvision.transforms import v2
 
+from . import augment_presets as presets
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -311,44 +313,33 @@ def try_decode(value: Any, index: int) -> tuple[Image.Image | None, str | None]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _blur(image_size: int, p: float) -> list[v2.Transform]:
-    # Blur helps at ImageNet scale; at 32x32 it only destroys the little signal there is (SimCLR, CIFAR).
-    if image_size < 64 or p == 0:
-        return []
-    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
-    return [v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=p)]
+def _torchvision(operation: presets.Operation, image_size: int) -> v2.Transform:
+    """The torchvision transform of one operation of the preset table, on PIL images."""
+    if isinstance(operation, presets.ResizedCrop):
+        return v2.RandomResizedCrop(image_size, scale=operation.scale, ratio=operation.ratio, antialias=True)
+    if isinstance(operation, presets.ColorJitter):
+        jitter = v2.ColorJitter(operation.brightness, operation.contrast, operation.saturation, operation.hue)
+        return jitter if operation.p == 1 else v2.RandomApply([jitter], p=operation.p)
+    if isinstance(operation, presets.Grayscale):
+        return v2.RandomGrayscale(p=operation.p)
+    if isinstance(operation, presets.GaussianBlur):
+        blur = v2.GaussianBlur(operation.kernel_size(image_size), sigma=operation.sigma)
+        return blur if operation.p == 1 else v2.RandomApply([blur], p=operation.p)
+    if isinstance(operation, presets.Solarize):
+        return v2.RandomSolarize(threshold=operation.threshold, p=operation.p)
+    if isinstance(operation, presets.HorizontalFlip):
+        return v2.RandomHorizontalFlip(p=operation.p)
+    raise TypeError(f"no torchvision transform for {operation!r}")
 
 
 def _to_normalized_tensor(mean, std) -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
-def _view(
-    preset: str,
-    image_size: int,
-    mean,
-    std,
-    *,
-    blur: float = 0.5,
-    solarize: float = 0.0,
-    min_scale: float | None = None,
-) -> v2.Compose:
-    scale = (min_scale if min_scale is not None else (0.08 if preset == "v3" else 0.2), 1.0)
-    crop = v2.RandomResizedCrop(image_size, scale=scale, antialias=True)
-    if preset == "v1":
-        steps = [
-            crop,
-            v2.RandomGrayscale(p=0.2),
-            v2.ColorJitter(0.4, 0.4, 0.4, 0.4),
-            v2.RandomHorizontalFlip(),
-        ]
-    else:
-        jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1) if preset == "v2" else v2.ColorJitter(0.4, 0.4, 0.2, 0.1)
-        steps = [crop, v2.RandomApply([jitter], p=0.8), v2.RandomGrayscale(p=0.2), *_blur(image_size, blur)]
-        if solarize:
-            steps.append(v2.RandomSolarize(threshold=128, p=solarize))
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*steps, *_to_normalized_tensor(mean, std)])
+def _view(view: presets.View, image_size: int, mean, std) -> v2.Compose:
+    """The operations of a resolved view (`augment_presets.resolve_view`) on a PIL image, then normalize."""
+    transforms = [_torchvision(operation, image_size) for operation in view]
+    return v2.Compose([*transforms, *_to_normalized_tensor(mean, std)])
 
 
 @dataclass
@@ -375,24 +366,15 @@ def two_view_transform(
     std=(0.229, 0.224, 0.225),
     min_scale: float | None = None,
 ) -> TwoViewTransform:
-    """The MoCo augmentation presets (see `methods.md`), sized for the input resolution.
+    """The query and key views of a MoCo preset (`augment_presets.PRESETS`: v1, v2, v3) on PIL images.
 
-    - `v1`: RandomResizedCrop(scale 0.2-1), grayscale p=0.2, ColorJitter(0.4, 0.4, 0.4, 0.4), flip.
-    - `v2`: crop as v1, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur
-      (sigma 0.1-2) p=0.5, flip.
-    - `v3` (BYOL-style, asymmetric): crop scale 0.08-1, jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale
-      p=0.2; blur p=1.0 on the first view, p=0.1 and solarization p=0.2 on the second.
-
-    Blur is left out below 64x64 pixels. `min_scale` overrides the crop's lower scale bound.
+    Blur is left out below 64x64 pixels; `min_scale` overrides the crop's lower scale bound
+    (`augment_presets.resolve_view`). `augment.BatchedTwoViewAugmentation` applies the same operations
+    to batches of tensors.
     """
-    if preset not in AUGMENTATIONS:
-        raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {preset!r}")
-    if preset == "v3":
-        first = _view(preset, image_size, mean, std, blur=1.0, min_scale=min_scale)
-        second = _view(preset, image_size, mean, std, blur=0.1, solarize=0.2, min_scale=min_scale)
-        return TwoViewTransform(first, second)
-    view = _view(preset, image_size, mean, std, min_scale=min_scale)
-    return TwoViewTransform(view, view)
+    query, key = presets.preset_views(preset, image_size, min_scale)
+    query_view = _view(query, image_size, mean, std)
+    return TwoViewTransform(query_view, query_view if key == query else _view(key, image_size, mean, std))
 
 
 @dataclass
@@ -413,14 +395,15 @@ def crop_flip_transform(
     std=(0.229, 0.224, 0.225),
     min_scale: float | None = None,
 ) -> OneViewTransform:
-    """One view with geometric augmentation only: RandomResizedCrop(scale `min_scale`-1, default 0.2), flip.
+    """One view with geometric augmentation only (`augment_presets.CROP_FLIP`): RandomResizedCrop(scale
+    `min_scale`-1, default 0.2), flip.
 
     For pretext tasks whose target is the image's colour (colorization): colour jitter or grayscale
     would corrupt the target.
     """
-    scale = (0.2 if min_scale is None else min_scale, 1.0)
-    crop = v2.RandomResizedCrop(image_size, scale=scale, antialias=True)
-    return OneViewTransform(v2.Compose([crop, v2.RandomHorizontalFlip(), *_to_normalized_tensor(mean, std)]))
+    return OneViewTransform(
+        _view(presets.resolve_view(presets.CROP_FLIP, image_size, min_scale), image_size, mean, std)
+    )
 
 
 def eval_transform(
