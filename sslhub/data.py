@@ -39,7 +39,6 @@ IMAGE_COLUMN_NAMES = ("image", "img", "images", "picture", "pixel_values", "jpg"
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "class", "target", "cls")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_FILE_EXTENSIONS = (".parquet", *IMAGE_EXTENSIONS)
-AUGMENTATIONS = ("v1", "v2", "v3")
 
 
 # ----------------------------------------------------------------------------------------------------------
