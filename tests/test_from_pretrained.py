@@ -127,6 +127,9 @@ def saved(tmp_path_factory):
         for _ in range(2):
             _step(model, optimizer)
         model.eval()
+        if case.frozen is not None:  # so that "as saved" and "copied from the query encoder" differ
+            query, key = model.query_encoder.state_dict(), model.key_encoder.state_dict()
+            assert any(not torch.equal(query[k], key[k]) for k in query), name
         model.save_pretrained(root / name / "checkpoint")
         getattr(model, case.encoder).save_pretrained(root / name / "inference")
         folders[name] = model
