@@ -6,7 +6,10 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import nn
+
+POSITION_EMBEDDINGS = ("learned", "sincos")
 
 
 def check_backbone_name(name: str) -> None:
@@ -31,6 +34,7 @@ def create_backbone(
     backbone_kwargs: dict[str, Any] | None = None,
     small_input_stem: bool = False,
     pretrained: bool = False,
+    position_embedding: str = "learned",
 ) -> nn.Module:
     """Build a headless timm backbone whose `forward` returns pooled features of size `num_features`.
 
@@ -40,6 +44,8 @@ def create_backbone(
         small_input_stem: for ResNets on 32x32 inputs (CIFAR): a 3x3 stride-1 stem convolution and no
             max-pool, as in the MoCo CIFAR-10 demo and SimCLR's CIFAR experiments.
         pretrained: load timm's pretrained weights (needs the Hub or a filled cache).
+        position_embedding: for ViTs, `"learned"` (timm's trained `pos_embed`) or `"sincos"` (MoCo v3's fixed
+            2-D sin-cos table, see `fix_sincos_position_embedding`).
 
     Returns:
         The timm model with `num_classes=0`.
@@ -60,7 +66,81 @@ def create_backbone(
             first_conv.in_channels, stem_width, kernel_size=3, stride=1, padding=1, bias=False
         )
         backbone.maxpool = nn.Identity()
+    if position_embedding == "sincos":
+        fix_sincos_position_embedding(backbone)
+    elif position_embedding != "learned":
+        raise ValueError(
+            f"position_embedding must be one of {list(POSITION_EMBEDDINGS)}, got {position_embedding!r}"
+        )
     return backbone
+
+
+def sincos_position_embedding(
+    grid_size: tuple[int, int], dim: int, num_prefix_tokens: int = 1, temperature: float = 10000.0
+) -> torch.Tensor:
+    """The fixed 2-D sin-cos position embedding of MoCo v3 (Chen, Xie, He 2021, Sec. 4; the authors' `vits.py`).
+
+    For the patch at row r and column c, with `omega_d = 1 / temperature^(d / (D/4))` for d < D/4, the
+    embedding is `[sin(r omega), cos(r omega), sin(c omega), cos(c omega)]` (D values); prefix tokens (the
+    class token) get zeros. On the square grids the authors use, this is their table exactly.
+
+    Args:
+        grid_size: (H, W) patches; tokens are numbered row by row, as timm's patch embedding flattens them.
+        dim: embedding width D, a multiple of 4.
+        num_prefix_tokens: leading positions set to zero (class / register tokens).
+        temperature: the frequency base (10000).
+
+    Returns:
+        (1, num_prefix_tokens + H * W, D) float32.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+    patches = build_sincos2d_pos_embed(
+        list(grid_size), dim, temperature, interleave_sin_cos=True
+    )  # (H * W, D)
+    prefix = torch.zeros(num_prefix_tokens, dim, dtype=patches.dtype, device=patches.device)
+    return torch.cat([prefix, patches])[None]
+
+
+def _sincos_table_for(backbone: nn.Module) -> torch.Tensor:
+    """`sincos_position_embedding` with the grid, width and prefix tokens of a timm ViT."""
+    pos_embed = getattr(backbone, "pos_embed", None)
+    grid_size = getattr(getattr(backbone, "patch_embed", None), "grid_size", None)
+    if not isinstance(pos_embed, torch.Tensor) or grid_size is None:
+        raise ValueError(
+            f"position_embedding='sincos' needs a ViT backbone with a `pos_embed` and a patch grid; "
+            f"{type(backbone).__name__} has none"
+        )
+    num_prefix_tokens = 0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens
+    table = sincos_position_embedding(tuple(grid_size), pos_embed.shape[-1], num_prefix_tokens)
+    if table.shape != pos_embed.shape:
+        raise ValueError(
+            f"the sin-cos table {tuple(table.shape)} does not fit pos_embed {tuple(pos_embed.shape)}"
+        )
+    return table.to(device=pos_embed.device, dtype=pos_embed.dtype)
+
+
+def fix_sincos_position_embedding(backbone: nn.Module) -> None:
+    """Replace a timm ViT's trained `pos_embed` with MoCo v3's fixed sin-cos table, as a buffer.
+
+    A buffer rather than a frozen parameter: it never requires grad and is never in `parameters()` (so in
+    no optimizer, no EMA), whatever loads it (`from_pretrained` rebuilds loaded parameters with
+    `requires_grad=True`). The state-dict key stays `pos_embed`, so timm still loads the stripped backbone.
+    """
+    table = _sincos_table_for(backbone)
+    del backbone.pos_embed
+    backbone.register_buffer("pos_embed", table)
+
+
+def has_fixed_position_embedding(module: nn.Module) -> bool:
+    """Whether `module` is a backbone whose `pos_embed` was fixed by `fix_sincos_position_embedding`."""
+    return "pos_embed" in module._buffers
+
+
+@torch.no_grad()
+def reset_sincos_position_embedding(backbone: nn.Module) -> None:
+    """Refill a fixed `pos_embed` buffer with the sin-cos table (e.g. when a checkpoint did not hold it)."""
+    backbone.pos_embed.copy_(_sincos_table_for(backbone))
 
 
 def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from .configuration_common import check_choice
+
 # sRGB (linear) -> XYZ, from the sRGB specification (the matrix scikit-image uses).
 _XYZ_FROM_RGB = (
     (0.412453, 0.357580, 0.180423),
@@ -198,6 +200,27 @@ def soft_encode_ab(
     return encoded.reshape(n, centers.shape[0], h, w)
 
 
+GREY_MASKS = ("image", "pixel", "none")
+
+
+def loss_mask(ab: torch.Tensor, grey_mask: str = "image", threshold: float = 5.0) -> torch.Tensor | None:
+    """The pixels that count in the colorization loss and prior, per a `grey_mask` setting.
+
+    Args:
+        ab: (N, 2, H, W) ab values.
+        grey_mask: `"image"` (leave out images without any coloured pixel, as the authors' code), `"pixel"`
+            (leave out every grey pixel) or `"none"` (count every pixel).
+        threshold: largest |a| and |b| of a grey pixel (5 in the authors' code).
+
+    Returns:
+        (N, 1, H, W) boolean mask, True where the pixel counts; `None` for `"none"`.
+    """
+    check_choice("grey_mask", grey_mask, GREY_MASKS)
+    if grey_mask == "none":
+        return None
+    return non_grey_mask(ab, threshold, per_image=grey_mask == "image")
+
+
 def non_grey_mask(ab: torch.Tensor, threshold: float = 5.0, per_image: bool = True) -> torch.Tensor:
     """Which pixels carry colour, to exclude grey ones from the loss and the prior.
 
@@ -244,16 +267,19 @@ def estimate_ab_prior(
     rgb_batches: Iterable[torch.Tensor],
     centers: torch.Tensor | None = None,
     grey_threshold: float = 5.0,
-    per_image: bool = True,
+    grey_mask: str = "image",
 ) -> torch.Tensor:
     """Empirical distribution of the ab bins over a set of images (Zhang et al. 2016, Sec. 2.2).
 
-    Counts the nearest bin of every non-grey pixel (see `non_grey_mask`), batch by batch.
+    Counts the nearest bin of every pixel the loss counts (see `loss_mask`), batch by batch. Pass the
+    model's `config.grey_mask` and `config.grey_threshold`, so that the prior covers the pixels the loss sees.
 
     Args:
         rgb_batches: iterable of (N, 3, H, W) sRGB batches in [0, 1] (not normalized).
         centers: (Q, 2) bin centres; the 313 bins of the paper by default.
-        grey_threshold / per_image: which pixels are excluded as grey, as in `non_grey_mask`.
+        grey_threshold: largest |a| and |b| of a grey pixel.
+        grey_mask: `"image"` (leave out fully grey images, the authors' code), `"pixel"` (every grey pixel)
+            or `"none"` (count every pixel).
 
     Returns:
         (Q,) float64 probabilities summing to 1.
@@ -261,7 +287,7 @@ def estimate_ab_prior(
     total = None
     for rgb in rgb_batches:
         ab = rgb_to_lab(rgb)[:, 1:]  # (N, 2, H, W)
-        counts = ab_bin_counts(ab, centers, non_grey_mask(ab, grey_threshold, per_image)).cpu()
+        counts = ab_bin_counts(ab, centers, loss_mask(ab, grey_mask, grey_threshold)).cpu()
         total = counts if total is None else total + counts
     if total is None or total.sum() == 0:
         raise ValueError("estimate_ab_prior found no coloured pixel in the batches")
@@ -382,6 +408,7 @@ __all__ = [
     "lab_from_lightness_and_ab",
     "lab_to_rgb",
     "lightness_to_input",
+    "loss_mask",
     "nearest_ab_bin",
     "non_grey_mask",
     "rebalancing_weights",

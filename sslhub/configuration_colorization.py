@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .color import NUM_AB_BINS
-from .configuration_common import SSLHubConfig, check_positive
-
-GREY_MASKS = ("image", "pixel", "none")
+from .color import GREY_MASKS, NUM_AB_BINS
+from .configuration_common import SSLHubConfig, check_choice, check_positive
 
 
 class ColorizationConfig(SSLHubConfig):
@@ -31,7 +29,8 @@ class ColorizationConfig(SSLHubConfig):
         annealed_mean_temperature: T of the annealed-mean decoding (0.38).
         decoder_hidden_size: width of the decoder's convolutions.
         decoder_num_layers: 3x3 convolutions of the decoder at the output resolution (after upsampling).
-        decoder_output_stride: the logits are predicted at 1/stride of the input resolution (4).
+        decoder_output_stride: the logits are predicted at 1/stride of the input resolution (4); the ab
+            targets are the ground truth subsampled with this stride (the top-left pixel of each block).
         grey_mask: which pixels the loss ignores as grey: `"image"` (every pixel of an image with no colour
             at all, as the authors' code), `"pixel"` (each grey pixel) or `"none"`.
         grey_threshold: largest |a| and |b| of a grey pixel (5 in the authors' code; about 0.01 keeps only
@@ -77,8 +76,7 @@ class ColorizationConfig(SSLHubConfig):
             raise ValueError(f"rebalancing_lambda must be in (0, 1], got {self.rebalancing_lambda}")
         if not isinstance(self.decoder_num_layers, int) or self.decoder_num_layers < 0:
             raise ValueError(f"decoder_num_layers must be an integer >= 0, got {self.decoder_num_layers!r}")
-        if self.grey_mask not in GREY_MASKS:
-            raise ValueError(f"grey_mask must be one of {list(GREY_MASKS)}, got {self.grey_mask!r}")
+        check_choice("grey_mask", self.grey_mask, GREY_MASKS)
         if not isinstance(self.grey_threshold, (int, float)) or self.grey_threshold < 0:
             raise ValueError(f"grey_threshold must be a number >= 0, got {self.grey_threshold!r}")
         from .backbones import check_backbone_name

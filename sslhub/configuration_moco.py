@@ -21,6 +21,8 @@ class MoCoConfig(SSLHubConfig):
         backbone: any timm model name (CNN or ViT).
         backbone_kwargs: extra keyword arguments for `timm.create_model`.
         small_input_stem: for ResNets on 32x32 images: 3x3 stride-1 stem conv and no max-pool.
+        position_embedding: ViT position embedding: `"learned"` (timm's, trained) or `"sincos"` (the fixed 2-D
+            sin-cos table of MoCo v3, class token at zero, never trained; the v3 preset's choice for ViTs).
         projector_num_layers: linear layers of the projection head; 0 means no projector.
         projector_hidden_size: hidden width of the projector; `None` uses the backbone width.
         projection_dim: output width of the projector (the contrastive embedding).
@@ -29,13 +31,22 @@ class MoCoConfig(SSLHubConfig):
         predictor_num_layers: layers of the query-side predictor (v3); 0 means none.
         predictor_hidden_size: hidden width of the predictor.
         predictor_last_batch_norm: BatchNorm without affine on the predictor output (v3 ViT).
+        mlp_bias: the projector's and predictor's Linear layers that no BatchNorm follows have a bias (v1/v2,
+            `nn.Linear`'s default); False drops every bias, as MoCo v3's MLP builder (`bias=False`).
         queue_size: number of negative keys kept (v1/v2); 0 for v3.
         momentum: key-encoder EMA momentum m (the base value when a recipe schedules it).
         temperature: softmax temperature T of InfoNCE.
-        symmetric_loss: also swap the two views and average (v3 always does; optional for v1/v2).
+        symmetric_loss: also swap the two views and add the second term: `loss = L(q1, k2) + L(q2, k1)`, the
+            sum, as MoCo v3 (each InfoNCE scaled by 2T) and the MoCo authors' CIFAR-10 demo for v1/v2
+            (`loss_12 + loss_21`); v3 always does it, optional for v1/v2 (both views' keys are enqueued).
         key_batch_norm: batch-norm of the key branch across processes: `"shuffle"` (shuffle-BN, v1/v2),
             `"sync"` (SyncBatchNorm, v3; applied by the recipe) or `"none"`.
-        batch_size: the global training batch, when known, to check that it divides `queue_size`.
+        shuffle_bn_splits: with `key_batch_norm="shuffle"` in a single process, the key batch is shuffled and
+            its BatchNorm statistics computed over this many sub-batches, as the authors' one-GPU CIFAR-10
+            demo (`bn_splits=8`, the v1/v2 presets' value); 1 disables it. It must divide the per-process
+            batch. Ignored with several processes, which shuffle across processes.
+        batch_size: the global training batch, when known, to check that it divides `queue_size` (and is
+            divisible by `shuffle_bn_splits`).
     """
 
     model_type = "sslhub_moco"
@@ -44,6 +55,7 @@ class MoCoConfig(SSLHubConfig):
     backbone: str = "resnet50"
     backbone_kwargs: dict[str, Any] | None = None
     small_input_stem: bool = False
+    position_embedding: str = "learned"
     projector_num_layers: int = 2
     projector_hidden_size: int | None = None
     projection_dim: int = 128
@@ -52,17 +64,21 @@ class MoCoConfig(SSLHubConfig):
     predictor_num_layers: int = 0
     predictor_hidden_size: int = 4096
     predictor_last_batch_norm: bool = False
+    mlp_bias: bool = True
     queue_size: int = 65536
     momentum: float = 0.999
     temperature: float = 0.2
     symmetric_loss: bool = False
     key_batch_norm: str = "shuffle"
+    shuffle_bn_splits: int = 1
     batch_size: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         check_choice("version", self.version, MOCO_VERSIONS)
         check_choice("key_batch_norm", self.key_batch_norm, KEY_BATCH_NORMS)
+        if not isinstance(self.shuffle_bn_splits, int) or self.shuffle_bn_splits < 1:
+            raise ValueError(f"shuffle_bn_splits must be an integer >= 1, got {self.shuffle_bn_splits!r}")
         check_positive("temperature", self.temperature)
         check_positive("projection_dim", self.projection_dim)
         if not 0.0 <= self.momentum <= 1.0:
@@ -85,8 +101,17 @@ class MoCoConfig(SSLHubConfig):
                     f"queue_size={self.queue_size} must be a multiple of the keys enqueued per step "
                     f"({keys_per_step} = batch_size{' x 2 (symmetric_loss)' if self.symmetric_loss else ''})"
                 )
-        from .backbones import check_backbone_name
+        if self.batch_size is not None and self.key_batch_norm == "shuffle" and self.shuffle_bn_splits > 1:
+            check_positive("batch_size", self.batch_size)
+            if self.batch_size % self.shuffle_bn_splits:
+                raise ValueError(
+                    f"batch_size={self.batch_size} must be divisible by shuffle_bn_splits={self.shuffle_bn_splits}: "
+                    "one-process shuffle-BN computes the key encoder's BatchNorm statistics over that many equal "
+                    "sub-batches (set shuffle_bn_splits=1 to disable it)"
+                )
+        from .backbones import POSITION_EMBEDDINGS, check_backbone_name
 
+        check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
         check_backbone_name(self.backbone)
 
     @property
@@ -96,7 +121,7 @@ class MoCoConfig(SSLHubConfig):
 
     @classmethod
     def v1(cls, backbone: str = "resnet50", **kwargs) -> MoCoConfig:
-        """MoCo v1: linear head to 128, queue 65536, m=0.999, T=0.07, shuffle-BN."""
+        """MoCo v1: linear head to 128, queue 65536, m=0.999, T=0.07, shuffle-BN (8 BN splits in one process)."""
         defaults = dict(
             version="v1",
             projector_num_layers=1,
@@ -105,12 +130,13 @@ class MoCoConfig(SSLHubConfig):
             momentum=0.999,
             temperature=0.07,
             key_batch_norm="shuffle",
+            shuffle_bn_splits=8,
         )
         return cls(backbone=backbone, **{**defaults, **kwargs})
 
     @classmethod
     def v2(cls, backbone: str = "resnet50", **kwargs) -> MoCoConfig:
-        """MoCo v2: MLP head (d-d-128, no BN), queue 65536, m=0.999, T=0.2, shuffle-BN."""
+        """MoCo v2: MLP head (d-d-128, no BN), queue 65536, m=0.999, T=0.2, shuffle-BN (8 BN splits in one process)."""
         defaults = dict(
             version="v2",
             projector_num_layers=2,
@@ -119,15 +145,17 @@ class MoCoConfig(SSLHubConfig):
             momentum=0.999,
             temperature=0.2,
             key_batch_norm="shuffle",
+            shuffle_bn_splits=8,
         )
         return cls(backbone=backbone, **{**defaults, **kwargs})
 
     @classmethod
     def v3(cls, backbone: str = "resnet50", **kwargs) -> MoCoConfig:
-        """MoCo v3: BN MLP projector (4096 -> 256) and predictor, no queue, symmetric loss, SyncBN.
+        """MoCo v3: BN MLP projector (4096 -> 256) and predictor without biases, no queue, symmetric loss, SyncBN.
 
-        ResNets use a 2-layer projector and T=1.0; ViTs a 3-layer projector and T=0.2 (the paper's
-        settings); the momentum 0.99 is the start of the recipe's cosine schedule to 1.
+        ResNets use a 2-layer projector, a predictor without last BN and T=1.0; ViTs a 3-layer projector, a
+        predictor with a last BN, T=0.2 and the fixed sin-cos position embedding (the paper's settings and
+        the authors' code); the momentum 0.99 is the start of the recipe's cosine schedule to 1.
         """
         from .backbones import check_backbone_name
 
@@ -143,6 +171,8 @@ class MoCoConfig(SSLHubConfig):
             predictor_num_layers=2,
             predictor_hidden_size=4096,
             predictor_last_batch_norm=is_vit,
+            mlp_bias=False,
+            position_embedding="sincos" if is_vit else "learned",
             queue_size=0,
             momentum=0.99,
             temperature=0.2 if is_vit else 1.0,

@@ -5,6 +5,8 @@ Every function here works unchanged in a plain single-process run, where it is t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -65,3 +67,46 @@ def unshuffle_batch(x: torch.Tensor, unshuffle_index: torch.Tensor) -> torch.Ten
     x_all = gather_without_grad(x)
     mine = unshuffle_index.view(world_size(), local_size)[rank()]
     return x_all[mine]
+
+
+@torch.no_grad()
+def shuffle_bn(
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    num_splits: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Run a no-grad key `encoder` on `x` with shuffle-BN (He et al. 2020, Sec. 3.3); outputs in `x`'s order.
+
+    Shuffle-BN keeps the BatchNorm statistics of a key from being computed with its own query's sub-batch,
+    which would let the model cheat through the statistics.
+    - Several processes: each encodes a random slice of the global batch, then gets its own outputs back
+      (`shuffle_batch` / `unshuffle_batch`); `num_splits` is ignored.
+    - One process: the batch is permuted with `torch.randperm` (the global RNG unless `generator` is given)
+      and encoded in `num_splits` sub-batches, each with its own BatchNorm statistics, then put back in
+      order: the one-GPU emulation of the MoCo authors' CIFAR-10 demo (`SplitBatchNorm`, `bn_splits=8`).
+      Each sub-batch also updates the running statistics once. `num_splits=1` encodes `x` as it is.
+
+    Args:
+        encoder: maps (n, ...) inputs to (n, D) outputs, row by row but for BatchNorm.
+        x: (N, ...) this process's batch.
+        num_splits: sub-batches of a single process; must divide N.
+        generator: source of the permutation.
+
+    Returns:
+        (N, D) outputs, row i for input i.
+    """
+    if world_size() > 1:
+        shuffled, unshuffle_index = shuffle_batch(x, generator)
+        return unshuffle_batch(encoder(shuffled), unshuffle_index)
+    if num_splits == 1:
+        return encoder(x)
+    if num_splits < 1 or x.shape[0] % num_splits:
+        raise ValueError(
+            f"shuffle_bn_splits={num_splits} must divide the batch of {x.shape[0]} images: one-process "
+            "shuffle-BN computes the key encoder's BatchNorm statistics over that many equal sub-batches "
+            "(set shuffle_bn_splits=1 to disable it)"
+        )
+    permutation = torch.randperm(x.shape[0], device=x.device, generator=generator)  # (N,)
+    shuffled = torch.cat([encoder(chunk) for chunk in x[permutation].chunk(num_splits)])  # (N, D), permuted
+    return shuffled[torch.argsort(permutation)]  # row i is the output of x[i]

@@ -9,7 +9,8 @@ class MLPHead(nn.Sequential):
     """An MLP head: `num_layers` linear layers, ReLU (and optionally BatchNorm) between them.
 
     Covers the heads of the MoCo family: v1 (one linear layer to 128), v2 (Linear-ReLU-Linear,
-    no BN) and v3 (Linear-BN-ReLU ... Linear-BN without affine on the output).
+    no BN) and v3 (Linear-BN-ReLU ... Linear-BN without affine on the output; every Linear without bias,
+    as the authors' `_build_mlp`).
 
     Args:
         in_features: input width (the backbone's `num_features`).
@@ -18,6 +19,8 @@ class MLPHead(nn.Sequential):
         num_layers: number of linear layers (>= 1).
         batch_norm: BatchNorm1d after every hidden linear layer.
         last_batch_norm: BatchNorm1d without affine parameters on the output (MoCo v3, SimCLR v2).
+        bias: a Linear layer that no BatchNorm follows has a bias (MoCo v1/v2 heads, `nn.Linear`'s default);
+            False drops every bias (MoCo v3). A Linear followed by BatchNorm never has one.
     """
 
     def __init__(
@@ -28,18 +31,19 @@ class MLPHead(nn.Sequential):
         num_layers: int = 2,
         batch_norm: bool = False,
         last_batch_norm: bool = False,
+        bias: bool = True,
     ) -> None:
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         layers: list[nn.Module] = []
         width = in_features
         for _ in range(num_layers - 1):
-            layers.append(nn.Linear(width, hidden_features, bias=not batch_norm))
+            layers.append(nn.Linear(width, hidden_features, bias=bias and not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(hidden_features))
             layers.append(nn.ReLU(inplace=True))
             width = hidden_features
-        layers.append(nn.Linear(width, out_features, bias=not last_batch_norm))
+        layers.append(nn.Linear(width, out_features, bias=bias and not last_batch_norm))
         if last_batch_norm:
             layers.append(nn.BatchNorm1d(out_features, affine=False))
         super().__init__(*layers)
@@ -52,6 +56,7 @@ def projection_head(
     out_features: int,
     batch_norm: bool = False,
     last_batch_norm: bool = False,
+    bias: bool = True,
 ) -> MLPHead | None:
     """The projector of an encoder, or `None` when `num_layers` is 0; the hidden width defaults to the input's."""
     if num_layers == 0:
@@ -63,4 +68,5 @@ def projection_head(
         num_layers=num_layers,
         batch_norm=batch_norm,
         last_batch_norm=last_batch_norm,
+        bias=bias,
     )

@@ -6,6 +6,8 @@ Each function cites its paper and states what it computes. Inside a function the
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -50,6 +52,22 @@ def info_nce_in_batch(
 # ---------------------------------------------------------------------------------------------------------
 # Self-supervised distillation: a small student learns from a frozen teacher's embeddings.
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _at_least_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors cast to one dtype of at least float32 (float64 stays float64)."""
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in tensors), torch.float32)
+    return tuple(x.to(dtype) for x in tensors)
+
+
+def _similarities(x: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """`x @ anchors^T` (N, K) in the inputs' dtype (float32 from `_at_least_float32`), with autocast off.
+
+    Under bf16 autocast the product would be rounded to bf16, a step of 2^-8 near 1: at SEED's teacher
+    temperature 1e-4 one such step near 0.9 is about 40 logits.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return x @ anchors.T
 
 
 def _log_softmax(similarities: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -97,14 +115,18 @@ def seed_cross_entropy(
     With `s` (N, D) the L2-normalized student embeddings, `t` (N, D) the teacher's and the queue (K, D) of
     past teacher embeddings, both rank the anchors `[t_i, queue]`: `p^T = softmax([t.t_i, t.queue] / T_t)`,
     `p^S = softmax([s.t_i, s.queue] / T_s)`, and the loss is `-sum_j p^T_j log p^S_j`, averaged over i.
+    Similarities are computed in float32 at least, also under autocast.
 
     Returns:
         `(loss, student_logits)`; the logits have shape (N, 1 + K).
     """
-    s, t = student, teacher.detach().to(student.dtype)
-    bank = queue.to(s.dtype)
-    student_logits = torch.cat([(s * t).sum(dim=1, keepdim=True), s @ bank.T], dim=1)  # (N, 1 + K)
-    teacher_logits = torch.cat([(t * t).sum(dim=1, keepdim=True), t @ bank.T], dim=1)  # (N, 1 + K)
+    s, t, bank = _at_least_float32(student, teacher.detach(), queue)  # float32 even under autocast
+    student_logits = torch.cat(
+        [(s * t).sum(dim=1, keepdim=True), _similarities(s, bank)], dim=1
+    )  # (N, 1 + K)
+    teacher_logits = torch.cat(
+        [(t * t).sum(dim=1, keepdim=True), _similarities(t, bank)], dim=1
+    )  # (N, 1 + K)
     log_p_student = _log_softmax(student_logits, student_temperature)
     p_teacher = _log_softmax(teacher_logits, teacher_temperature).exp()
     loss = -(p_teacher * log_p_student).sum(dim=1).mean()
@@ -124,16 +146,20 @@ def compress_kl(
     With `s` (N, D_s) and `t` (N, D_t) L2-normalized, the teacher's distribution over the K anchors is
     `p^T = softmax(t.teacher_bank / T_t)` and the student's `p^S = softmax(s.anchors / T)`, where the
     anchors are `teacher_bank` ("1q", then D_s = D_t) or the student embeddings of the same images
-    `student_bank` ("2q"). The loss is `KL(p^T || p^S)`, averaged over the batch.
+    `student_bank` ("2q"). The loss is `KL(p^T || p^S)`, averaged over the batch. Similarities are computed
+    in float32 at least, also under autocast.
 
     Returns:
         `(loss, student_logits)`; the logits have shape (N, K).
     """
-    s, t = student, teacher.detach()
     student_anchors = teacher_bank if student_bank is None else student_bank
     teacher_temperature = temperature if teacher_temperature is None else teacher_temperature
-    student_similarities = s @ student_anchors.to(s.dtype).T  # (N, K)
-    teacher_similarities = t @ teacher_bank.to(t.dtype).T  # (N, K)
+    # float32 even under autocast
+    s, t, teacher_bank, student_anchors = _at_least_float32(
+        student, teacher.detach(), teacher_bank, student_anchors
+    )
+    student_similarities = _similarities(s, student_anchors)  # (N, K)
+    teacher_similarities = _similarities(t, teacher_bank)  # (N, K)
     log_p_student = _log_softmax(student_similarities, temperature)
     log_p_teacher = _log_softmax(teacher_similarities, teacher_temperature)
     loss = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)

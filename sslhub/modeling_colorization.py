@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import backbone_features, create_backbone
@@ -25,7 +24,7 @@ from .color import (
     annealed_mean,
     colorize,
     lightness_to_input,
-    non_grey_mask,
+    loss_mask,
     rebalancing_weights,
     rgb_to_lab,
     soft_encode_ab,
@@ -180,12 +179,15 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
     """Colorization pre-training (Zhang et al. 2016): encoder, decoder over the ab bins, rebalanced loss.
 
     `forward` converts the images to Lab, predicts (N, 313, H/4, W/4) logits from L, soft-encodes the
-    ground-truth ab (area-downsampled to H/4 x W/4) onto the nearest bins and returns the class-rebalanced
-    cross-entropy. The rebalancing weights are the persistent buffer `class_weights` (313,): uniform until
-    set from an empirical prior with `set_class_weights_from_prior` (see `color.estimate_ab_prior`).
+    ground-truth ab (subsampled with stride 4, see `targets_from_lab`) onto the nearest bins and returns the
+    class-rebalanced cross-entropy. The rebalancing weights are the persistent buffer `class_weights`
+    (313,): uniform until set from an empirical prior with `set_class_weights_from_prior` (see
+    `color.estimate_ab_prior`). `class_weights_source` says where they came from: `"uniform"` (a new model,
+    or `from_pretrained` of a `ColorizationModel` folder: estimate them before training), `"prior"` (set
+    from a prior) or `"checkpoint"` (`from_pretrained` of a `ColorizationForPreTraining` folder: as saved).
     """
 
-    # Filled by `_init_extra_state` (uniform weights) when a checkpoint lacks them, e.g. an encoder folder.
+    # Settled by `_after_load` (uniform weights) when a checkpoint lacks them, e.g. an encoder folder.
     _keys_to_ignore_on_load_missing = [r"^class_weights$"]
 
     def __init__(self, config: ColorizationConfig) -> None:
@@ -200,12 +202,18 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
         )
         self.register_buffer("class_weights", torch.ones(config.num_bins))  # (Q,) rebalancing weights
         self.register_buffer("ab_centers", ab_bin_centers(), persistent=False)  # (Q, 2), the fixed bin table
+        self.class_weights_source = "uniform"
         self.post_init()
 
-    def _init_extra_state(self) -> None:
+    def _after_load(self, loaded: set[str]) -> None:
+        super()._after_load(loaded)
         # `from_pretrained` leaves non-persistent buffers uninitialized; a checkpoint may lack the weights.
         self.ab_centers.copy_(ab_bin_centers(device=self.ab_centers.device))
-        init.ones_(self.class_weights)  # guarded: keeps loaded weights
+        if "class_weights" in loaded:
+            self.class_weights_source = "checkpoint"
+        else:
+            self.class_weights.fill_(1.0)
+            self.class_weights_source = "uniform"
 
     @torch.no_grad()
     def set_class_weights_from_prior(self, prior: torch.Tensor) -> torch.Tensor:
@@ -224,6 +232,7 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
             sigma=self.config.prior_smoothing_sigma,
         )
         self.class_weights.copy_(weights)
+        self.class_weights_source = "prior"
         return self.class_weights
 
     def logits_from_lab(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,15 +248,18 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
     def targets_from_lab(
         self, lab: torch.Tensor, size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Soft-encoded targets (N, Q, h, w) and the mask of counted pixels (N, 1, h, w) at the logits' size."""
-        ab = F.adaptive_avg_pool2d(lab[:, 1:].float(), size)  # (N, 2, h, w)
+        """Soft-encoded targets (N, Q, h, w) and the mask of counted pixels (N, 1, h, w) at the logits' size.
+
+        The ground-truth ab is subsampled, not averaged: the pixel at the top-left of each
+        `decoder_output_stride`-sized block, as the authors' Caffe net (a 1x1 convolution with stride 4).
+        Averaging would mix the colours on both sides of an edge into a greyer one.
+        """
+        stride = self.config.decoder_output_stride
+        ab = lab[:, 1:, ::stride, ::stride][..., : size[0], : size[1]].float()  # (N, 2, h, w)
         targets = soft_encode_ab(
             ab, self.ab_centers, self.config.soft_encoding_neighbors, self.config.soft_encoding_sigma
         )
-        mask = None
-        if self.config.grey_mask != "none":
-            mask = non_grey_mask(ab, self.config.grey_threshold, per_image=self.config.grey_mask == "image")
-        return targets, mask
+        return targets, loss_mask(ab, self.config.grey_mask, self.config.grey_threshold)
 
     def forward(
         self, pixel_values: torch.Tensor, return_dict: bool | None = None, **kwargs

@@ -1,4 +1,5 @@
-"""What every sslhub model shares: weight-init rules under `from_pretrained`, the saved image processor."""
+"""What every sslhub model shares: weight-init rules and post-load work under `from_pretrained`, the saved
+image processor."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import BitImageProcessor, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .backbones import backbone_features
+from .backbones import backbone_features, has_fixed_position_embedding, reset_sincos_position_embedding
 from .configuration_common import SSLHubConfig
 
 
@@ -87,13 +88,30 @@ def image_processor_for(config: SSLHubConfig) -> BitImageProcessor:
     )
 
 
+def loaded_state_keys(model: nn.Module) -> set[str]:
+    """Names of the state-dict tensors that `from_pretrained` read from the checkpoint.
+
+    transformers (5.x) marks every tensor it loads with `_is_hf_initialized`, the flag its guarded init
+    functions check to leave loaded tensors alone; the tests of both folder kinds (inference folder, full
+    training checkpoint) check that this still holds.
+    """
+    return {
+        name
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if getattr(tensor, "_is_hf_initialized", False)
+    }
+
+
 class SSLHubPreTrainedModel(PreTrainedModel):
     """Base class of sslhub models.
 
     Weight initialization: a freshly built model keeps the initialization its timm backbone and torch
     modules chose. Under `from_pretrained`, only tensors absent from the checkpoint are initialized
-    (`_init_weights`, through transformers' guarded init functions); subclasses with extra state (a
-    key encoder, a queue) fill it in `_init_extra_state`.
+    (`_init_weights`, through transformers' guarded init functions). Then `_after_load` always runs: it
+    settles model-level state from what the checkpoint held (a key encoder copied from the query encoder, a
+    fresh queue, uniform class weights) and re-applies what loading undoes (transformers rebuilds every
+    loaded parameter with `requires_grad=True`, so a frozen key encoder must be frozen again). It is not
+    left to `_init_weights`, which transformers calls only on modules with tensors of their own missing.
 
     `save_pretrained` also writes `preprocessor_config.json`, so `AutoImageProcessor` and
     `pipeline("image-feature-extraction")` work on the saved folder.
@@ -125,11 +143,29 @@ class SSLHubPreTrainedModel(PreTrainedModel):
         else:
             for parameter in module.parameters(recurse=False):  # e.g. a ViT's cls_token and pos_embed
                 init.trunc_normal_(parameter, std=0.02)
-        if module is self:
-            self._init_extra_state()
 
-    def _init_extra_state(self) -> None:
-        """Initialize model-level state missing from a checkpoint (after every submodule is settled)."""
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` (a folder or a Hub id), then `_after_load` on the result.
+
+        The loaded model is a correct starting point for more training as well as for inference.
+        """
+        result = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = result[0] if isinstance(result, tuple) else result  # (model, loading_info) on request
+        with torch.no_grad():
+            model._after_load(loaded_state_keys(model))
+        return result
+
+    def _after_load(self, loaded: set[str]) -> None:
+        """Settle the state after `from_pretrained`; `loaded` names the state-dict tensors the checkpoint held.
+
+        Here: a fixed sin-cos position embedding the checkpoint lacked is refilled (it is a buffer, so it
+        stays out of `parameters()` whatever was loaded). Subclasses extend it and call `super()` first.
+        """
+        for name, module in self.named_modules():
+            key = f"{name}.pos_embed" if name else "pos_embed"
+            if has_fixed_position_embedding(module) and key not in loaded:
+                reset_sincos_position_embedding(module)
 
     def _set_gradient_checkpointing(
         self, enable: bool = True, gradient_checkpointing_func=None, **kwargs

@@ -13,16 +13,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone
 from .configuration_moco import MoCoConfig
-from .distributed import gather_without_grad, rank, shuffle_batch, unshuffle_batch
+from .distributed import gather_without_grad, rank, shuffle_bn
 from .heads import MLPHead, projection_head
 from .losses import info_nce_in_batch, info_nce_with_queue
 from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
-from .momentum import enqueue, momentum_update
+from .momentum import enqueue, momentum_update, random_queue
 
 MoCoModelOutput = EncoderOutput  # pooler_output, projection, last_hidden_state
 
@@ -32,7 +31,7 @@ class MoCoForPreTrainingOutput(ModelOutput):
     """Output of `MoCoForPreTraining`.
 
     Args:
-        loss: the InfoNCE loss (averaged over both view orders with `symmetric_loss`).
+        loss: the InfoNCE loss (summed over both view orders with `symmetric_loss`).
         logits: (N, 1 + K) logits of the first view order; the positive is column 0 with a queue,
             column `rank * N + i` for in-batch keys.
         query_embeddings: (N, D) L2-normalized queries of the first view.
@@ -72,7 +71,12 @@ class MoCoModel(EncoderMixin, MoCoPreTrainedModel):
 
     def __init__(self, config: MoCoConfig) -> None:
         super().__init__(config)
-        self.backbone = create_backbone(config.backbone, config.backbone_kwargs, config.small_input_stem)
+        self.backbone = create_backbone(
+            config.backbone,
+            config.backbone_kwargs,
+            config.small_input_stem,
+            position_embedding=config.position_embedding,
+        )
         self.num_features = self.backbone.num_features
         self.projector = projection_head(
             self.num_features,
@@ -81,6 +85,7 @@ class MoCoModel(EncoderMixin, MoCoPreTrainedModel):
             config.projection_dim,
             config.projector_batch_norm,
             config.projector_last_batch_norm,
+            bias=config.mlp_bias,
         )
         self.post_init()
 
@@ -90,15 +95,22 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
 
     Each call of `forward` in training mode is one MoCo step for the two views:
     1. the key encoder is updated as the EMA of the query encoder (before keys are computed);
-    2. keys are computed without gradient (with shuffle-BN across processes when configured);
-    3. InfoNCE against the queue (v1/v2) or the gathered in-batch keys (v3), both view orders if symmetric;
+    2. keys are computed without gradient, with shuffle-BN when configured (across processes; in one
+       process over `shuffle_bn_splits` sub-batches of the shuffled batch);
+    3. InfoNCE against the queue (v1/v2) or the gathered in-batch keys (v3), summed over both view orders
+       if symmetric;
     4. the keys of all processes are enqueued, replacing the oldest (v1/v2).
 
     The key encoder starts as an exact copy of the query encoder and never receives gradients.
+    `from_pretrained` of a `MoCoModel` folder starts pre-training: the key encoder is a copy of the loaded
+    query encoder (weights and BatchNorm statistics), the queue is drawn afresh (pointer 0). From a
+    `MoCoForPreTraining` folder it continues: key encoder, queue and pointer as saved. Either way the key
+    encoder is frozen.
     """
 
-    # Filled by `_init_extra_state` (copied from the query encoder, a fresh queue) when a checkpoint lacks them.
-    _keys_to_ignore_on_load_missing = [r"^key_encoder\.", r"^queue"]
+    # Absent from a `MoCoModel` folder, not worth a warning: `_after_load` copies the query encoder into the
+    # key encoder and draws a fresh queue; a v3 predictor starts from its initialization, as in a new model.
+    _keys_to_ignore_on_load_missing = [r"^key_encoder\.", r"^queue", r"^predictor\."]
 
     def __init__(self, config: MoCoConfig) -> None:
         super().__init__(config)
@@ -114,37 +126,32 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
                 num_layers=config.predictor_num_layers,
                 batch_norm=True,
                 last_batch_norm=config.predictor_last_batch_norm,
+                bias=config.mlp_bias,
             )
         self.key_encoder = copy.deepcopy(self.query_encoder)
         self.key_encoder.requires_grad_(False)
         self.momentum = config.momentum  # the recipe may schedule it
         if config.has_queue:
-            queue = F.normalize(torch.randn(config.queue_size, config.projection_dim), dim=1)
+            queue = random_queue(config.queue_size, config.projection_dim)
             self.register_buffer("queue", queue)  # (K, D), L2-normalized keys, oldest at queue_ptr
             self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         else:
             self.queue = self.queue_ptr = None
         self.post_init()
 
-    def _init_extra_state(self) -> None:
-        # Runs after the submodules: copy the query encoder into key-encoder tensors the checkpoint lacked
-        # (e.g. when pre-training starts from a `MoCoModel` folder), and draw a fresh queue if it was missing.
-        for key_param, query_param in zip(
-            self.key_encoder.state_dict(keep_vars=True).values(),
-            self.query_encoder.state_dict(keep_vars=True).values(),
-            strict=True,
-        ):
-            init.copy_(key_param, query_param)
-        self.key_encoder.requires_grad_(False)
-        if self.queue is not None:
-            if not getattr(self.queue, "_is_hf_initialized", False):
-                self.queue.copy_(F.normalize(torch.randn_like(self.queue), dim=1))
-            init.zeros_(self.queue_ptr)
-
-    @torch.no_grad()
-    def copy_query_to_key_encoder(self) -> None:
-        """Make the key encoder an exact copy of the query encoder (weights and BN statistics)."""
-        self.key_encoder.load_state_dict(self.query_encoder.state_dict())
+    def _after_load(self, loaded: set[str]) -> None:
+        super()._after_load(loaded)
+        key_state = self.key_encoder.state_dict()
+        if not all(f"key_encoder.{name}" in loaded for name in key_state):
+            # No (complete) key encoder in the checkpoint, e.g. a `MoCoModel` folder: start as a copy.
+            self.key_encoder.load_state_dict(self.query_encoder.state_dict())
+        self.key_encoder.requires_grad_(False)  # loading rebuilt its parameters with requires_grad=True
+        if self.queue is not None and "queue" not in loaded:
+            self.queue.copy_(
+                random_queue(*self.queue.shape, device=self.queue.device, dtype=self.queue.dtype)
+            )
+        if self.queue is not None and ("queue" not in loaded or "queue_ptr" not in loaded):
+            self.queue_ptr.zero_()
 
     def _queries(self, pixel_values: torch.Tensor) -> torch.Tensor:
         query = self.query_encoder(pixel_values).projection
@@ -154,13 +161,12 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
 
     @torch.no_grad()
     def _keys(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        shuffle = self.config.key_batch_norm == "shuffle" and self.training
-        if shuffle:
-            pixel_values, unshuffle_index = shuffle_batch(pixel_values)
-        key = F.normalize(self.key_encoder(pixel_values).projection, dim=1)
-        if shuffle:
-            key = unshuffle_batch(key, unshuffle_index)
-        return key
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            return F.normalize(self.key_encoder(images).projection, dim=1)  # (n, D)
+
+        if self.training and self.config.key_batch_norm == "shuffle":
+            return shuffle_bn(encode, pixel_values, self.config.shuffle_bn_splits)
+        return encode(pixel_values)
 
     def _contrast(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.queue is not None:
@@ -201,8 +207,8 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
             query_2 = self._queries(key_pixel_values)
             key_2 = self._keys(query_pixel_values)
             loss_2, _ = self._contrast(query_2, key_2)
-            # v3 sums the two orders (each scaled by 2T); with a queue the two orders are averaged.
-            loss = loss + loss_2 if self.queue is None else (loss + loss_2) / 2
+            # The sum, as v3 (each term scaled by 2T) and the authors' v1/v2 CIFAR-10 demo (loss_12 + loss_21).
+            loss = loss + loss_2
             new_keys = torch.cat([key, key_2])
 
         if enqueue_keys and self.queue is not None:
@@ -219,8 +225,8 @@ class MoCoForImageClassification(MoCoPreTrainedModel):
 
     Loads the encoder from any MoCo checkpoint (`MoCoModel` or `MoCoForPreTraining`); the classifier
     is new, and the projection head is dropped (the classifier reads the pooled embedding, as in the
-    papers' linear evaluation). For a linear probe, freeze the encoder with `freeze_encoder()` and keep it
-    in eval mode.
+    papers' linear evaluation). For a linear probe, freeze the encoder
+    (`model.query_encoder.requires_grad_(False)`) and keep it in eval mode.
     """
 
     _keys_to_ignore_on_load_unexpected = [
@@ -235,10 +241,6 @@ class MoCoForImageClassification(MoCoPreTrainedModel):
         self.query_encoder.projector = None
         self.classifier = nn.Linear(self.query_encoder.num_features, config.num_labels)
         self.post_init()
-
-    def freeze_encoder(self) -> None:
-        """Freeze the encoder: only the linear classifier is trained (linear probe)."""
-        self.query_encoder.requires_grad_(False)
 
     def forward(
         self,

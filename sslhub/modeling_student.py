@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone
@@ -32,7 +31,7 @@ from .losses import (
     seed_cross_entropy,
 )
 from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
-from .momentum import enqueue
+from .momentum import enqueue, random_queue
 
 TEACHER_OUTPUTS = ("auto", "projection", "pooled", "logits", "cls", "mean")
 # Fields of a model output tried in order, per `TeacherAdapter.output`.
@@ -216,10 +215,11 @@ class StudentForDistillation(StudentPreTrainedModel):
     `save_pretrained` and DDP. Device placement: `.to()` / `.cuda()` / `.half()` of this model apply to the
     teacher too; should the teacher sit elsewhere, its inputs are moved to its device and its embeddings back.
     `from_pretrained` loads without a teacher; attach one with `teacher=` there or with `set_teacher`. The
-    losses that need the teacher then raise unless `teacher_embeddings` are passed.
+    losses that need the teacher then raise unless `teacher_embeddings` are passed. From a `StudentModel`
+    folder the queues are drawn afresh (pointer 0); from a `StudentForDistillation` folder they are as saved.
     """
 
-    # Filled by `_init_extra_state` (fresh queues) and `_init_weights` when a checkpoint lacks them,
+    # Settled by `_after_load` (fresh queues) and `_init_weights` when a checkpoint lacks them,
     # e.g. when distillation starts from a `StudentModel` folder.
     _keys_to_ignore_on_load_missing = _LOSS_STATE_KEYS
 
@@ -239,10 +239,10 @@ class StudentForDistillation(StudentPreTrainedModel):
             self.target_norm = nn.BatchNorm1d(config.teacher_dim, affine=False)
         teacher_queue = student_queue = queue_ptr = None
         if config.has_queue:
-            teacher_queue = F.normalize(torch.randn(config.queue_size, config.teacher_dim), dim=1)
+            teacher_queue = random_queue(config.queue_size, config.teacher_dim)
             queue_ptr = torch.zeros(1, dtype=torch.long)
             if config.loss == "compress_2q":
-                student_queue = F.normalize(torch.randn(config.queue_size, width), dim=1)
+                student_queue = random_queue(config.queue_size, width)
         # Absent (None) buffers are left out of the state dict.
         self.register_buffer("teacher_queue", teacher_queue)  # (K, teacher_dim), oldest at queue_ptr
         self.register_buffer("student_queue", student_queue)  # (K, width) 2q: same images, same order
@@ -285,12 +285,16 @@ class StudentForDistillation(StudentPreTrainedModel):
 
     # -- state ---------------------------------------------------------------------------------------------
 
-    def _init_extra_state(self) -> None:
-        for queue in (self.teacher_queue, self.student_queue):
-            if queue is not None and not getattr(queue, "_is_hf_initialized", False):
-                queue.copy_(F.normalize(torch.randn_like(queue), dim=1))
-        if self.queue_ptr is not None:
-            init.zeros_(self.queue_ptr)
+    def _after_load(self, loaded: set[str]) -> None:
+        super()._after_load(loaded)
+        fresh = False
+        for name in ("teacher_queue", "student_queue"):
+            queue = getattr(self, name)
+            if queue is not None and name not in loaded:
+                queue.copy_(random_queue(*queue.shape, device=queue.device, dtype=queue.dtype))
+                fresh = True
+        if self.queue_ptr is not None and (fresh or "queue_ptr" not in loaded):
+            self.queue_ptr.zero_()
 
     @torch.no_grad()
     def _teacher_embeddings(

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -42,6 +43,13 @@ def cosine_momentum(step: int, total_steps: int, base_momentum: float, final_mom
         return base_momentum
     progress = min(max(step / total_steps, 0.0), 1.0)
     return final_momentum - (final_momentum - base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def random_queue(
+    queue_size: int, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The initial content of a key queue: (queue_size, dim) random L2-normalized rows, as MoCo draws it."""
+    return F.normalize(torch.randn(queue_size, dim, device=device, dtype=dtype), dim=1)
 
 
 @torch.no_grad()

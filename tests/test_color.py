@@ -18,6 +18,7 @@ from sslhub.color import (
     input_to_lightness,
     lab_to_rgb,
     lightness_to_input,
+    loss_mask,
     nearest_ab_bin,
     non_grey_mask,
     rebalancing_weights,
@@ -245,3 +246,35 @@ def test_colorize_upsamples_ab_to_the_lightness_resolution():
     out = colorize(lab[:, :1], lab[:, 1:, ::4, ::4])
     assert out.shape == (1, 3, 8, 8)
     torch.testing.assert_close(out, rgb, rtol=0, atol=1e-4)
+
+
+def test_prior_estimate_follows_the_grey_mask_setting():
+    # Image 0: fully grey. Image 1: 8 red pixels, 4 pale pixels (|a| about 9.8) and 4 grey ones.
+    images = torch.full((2, 3, 4, 4), 0.5)
+    images[1, :, :2] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    images[1, :, 2, :] = torch.tensor([0.6, 0.5, 0.5])[:, None]
+    bins = nearest_ab_bin(rgb_to_lab(images)[:, 1:])  # (2, 4, 4)
+    red, pale, grey = bins[1, 0, 0].item(), bins[1, 2, 0].item(), bins[1, 3, 0].item()
+    assert len({red, pale, grey}) == 3
+
+    def shares(**settings):  # the prior's mass on the red, pale and grey bins
+        prior = estimate_ab_prior([images[:1], images[1:]], **settings)
+        return [prior[b].item() for b in (red, pale, grey)]
+
+    # "image" (the authors' code, the default): only fully grey images are left out, their grey pixels stay.
+    assert shares() == shares(grey_mask="image") == pytest.approx([8 / 16, 4 / 16, 4 / 16])
+    # "pixel": every grey pixel is left out; "none": every pixel counts, the grey image's too.
+    assert shares(grey_mask="pixel") == pytest.approx([8 / 12, 4 / 12, 0])
+    assert shares(grey_mask="none") == pytest.approx([8 / 32, 4 / 32, 20 / 32])
+    # The threshold decides what is grey: above the pale pixels' |a|, they are left out too.
+    assert shares(grey_mask="pixel", grey_threshold=12.0) == pytest.approx([1, 0, 0])
+    with pytest.raises(ValueError, match="grey_mask must be one of"):
+        estimate_ab_prior([images], grey_mask="per_image")
+
+
+def test_loss_mask_per_setting():
+    ab = torch.zeros(2, 2, 2, 2)
+    ab[1, 0, 0, 0] = 20.0
+    assert loss_mask(ab, "none") is None
+    assert torch.equal(loss_mask(ab, "image", 5.0), non_grey_mask(ab, 5.0, per_image=True))
+    assert torch.equal(loss_mask(ab, "pixel", 5.0), non_grey_mask(ab, 5.0, per_image=False))

@@ -170,10 +170,36 @@ def test_loss_is_the_rebalanced_soft_cross_entropy_of_the_model_targets():
         pixel_values * torch.tensor(config.image_std)[:, None, None]
         + torch.tensor(config.image_mean)[:, None, None]
     )
-    ab = F.avg_pool2d(rgb_to_lab(rgb)[:, 1:], 4)  # (N, 2, 8, 8)
+    ab = rgb_to_lab(rgb)[:, 1:, ::4, ::4]  # (N, 2, 8, 8): the top-left pixel of each 4x4 block
     targets = soft_encode_ab(ab, num_neighbors=10, sigma=5.0)
     expected = colorization_cross_entropy(output.logits, targets, model.class_weights)
     torch.testing.assert_close(output.loss, expected)
+
+
+@pytest.mark.parametrize("size", [32, 30])
+def test_targets_subsample_the_ab_of_the_top_left_pixel_of_each_block(size):
+    # The authors' Caffe net: a 1x1 convolution with stride 4 on the ab image (`data_ab_ss`). A sharp
+    # red | blue edge inside a block keeps that pixel's colour; averaging would invent a purple.
+    config = tiny_resnet(grey_mask="none")
+    model = ColorizationForPreTraining(config).eval()
+    rgb = torch.zeros(1, 3, size, size)
+    rgb[:, 0, :, :14] = 1.0  # red up to column 13, blue from column 14: the edge is inside block 3 (12..15)
+    rgb[:, 2, :, 14:] = 1.0
+    lab = rgb_to_lab(rgb)
+    h = w = size // 4  # the logits' size: 8, or 7 for 30 (the 8th subsampled column is cropped)
+    targets, mask = model.targets_from_lab(lab, (h, w))
+    assert targets.shape == (1, 313, h, w) and mask is None
+    reference_ab = torch.empty(1, 2, h, w)
+    for i in range(h):
+        for j in range(w):
+            reference_ab[0, :, i, j] = lab[0, 1:, 4 * i, 4 * j]
+    torch.testing.assert_close(targets, soft_encode_ab(reference_ab, num_neighbors=5, sigma=5.0))
+    red_bin = soft_encode_ab(lab[:, 1:, :1, :1], num_neighbors=5).argmax(dim=1).item()
+    assert targets[0, :, :, 3].argmax(dim=0).eq(red_bin).all()  # block 3 starts red
+    averaged = soft_encode_ab(F.avg_pool2d(lab[:, 1:, : 4 * h, : 4 * w], 4), num_neighbors=5)
+    assert not averaged[0, :, :, 3].argmax(dim=0).eq(red_bin).any()  # the old targets were another colour
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).logits.shape[-2:] == (h, w)
 
 
 def test_colorization_cross_entropy_against_a_naive_loop():
@@ -213,10 +239,11 @@ def test_fully_grey_images_weigh_zero():
 
 def test_class_weights_default_uniform_and_follow_the_prior():
     model = ColorizationForPreTraining(tiny_resnet(rebalancing_lambda=0.5))
-    assert torch.equal(model.class_weights, torch.ones(313))
+    assert torch.equal(model.class_weights, torch.ones(313)) and model.class_weights_source == "uniform"
     prior = torch.zeros(313)
     prior[120] = 1.0
     weights = model.set_class_weights_from_prior(prior)
+    assert model.class_weights_source == "prior"
     assert weights is model.class_weights and weights[120] == weights.min() and weights[0] == weights.max()
     assert "class_weights" in model.state_dict() and "ab_centers" not in model.state_dict()
 
@@ -250,7 +277,10 @@ def test_fresh_model_keeps_timm_initialization():
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     model = ColorizationForPreTraining(tiny_resnet())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    pixel_values = _pixel_values(model.config, batch=8)
+    # Four flat colour regions per image: pixel noise would give each target pixel a colour of its own.
+    pixel_values = F.interpolate(
+        _pixel_values(model.config, batch=8, size=2), scale_factor=16, mode="nearest"
+    )
     losses = []
     for _ in range(15):
         loss = model(pixel_values).loss

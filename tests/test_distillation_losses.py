@@ -121,3 +121,39 @@ def test_gradient_flows_to_the_student_only(name):
     loss.backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
     assert teacher.grad is None
+
+
+@pytest.mark.parametrize("name", ["seed", "compress_1q", "compress_2q"])
+def test_similarity_losses_stay_float32_under_bf16_autocast(name):
+    # fp32 embeddings of an fp32 model; under autocast the similarity matmuls would be rounded to bf16 (a step of
+    # 2^-8 near 1), about 40 logits at SEED's teacher temperature 1e-4 near 0.9. The loss must be the formula's.
+    s, t, teacher_bank, student_bank = (
+        x.float() for x in (_unit(4, 32), _unit(4, 32), _unit(50, 32), _unit(50, 32))
+    )
+    teacher_bank[:10] = F.normalize(
+        t.repeat(3, 1)[:10] + 0.45 * teacher_bank[:10], dim=1
+    )  # near the teacher key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if name == "seed":
+            loss, logits = seed_cross_entropy(s, t, teacher_bank, 0.2, 1e-4)
+        else:
+            loss, logits = compress_kl(
+                s, t, teacher_bank, student_bank if name == "compress_2q" else None, 0.04
+            )
+    assert loss.dtype == logits.dtype == torch.float32
+    s, t, teacher_bank, student_bank = (x.double() for x in (s, t, teacher_bank, student_bank))
+    if name == "seed":
+        expected = _naive_seed(s, t, teacher_bank, 0.2, 1e-4)
+    else:
+        anchors = student_bank if name == "compress_2q" else teacher_bank
+        expected = (
+            sum(
+                _kl(
+                    _softmax([float(t[i] @ a) for a in teacher_bank], 0.04),
+                    _softmax([float(s[i] @ a) for a in anchors], 0.04),
+                )
+                for i in range(4)
+            )
+            / 4
+        )
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -19,6 +19,12 @@ from sslhub import MoCoConfig
         ({"version": "v3", "queue_size": 4096}, r"version='v3' uses in-batch keys and no queue"),
         ({"version": "v2", "queue_size": 0}, r"needs a queue of negatives"),
         ({"image_std": [0.5, 0.5]}, r"image_std must have 3 values"),
+        ({"shuffle_bn_splits": 0}, r"shuffle_bn_splits must be an integer >= 1"),
+        (
+            {"shuffle_bn_splits": 8, "batch_size": 100, "queue_size": 1000},
+            r"batch_size=100 must be divisible by shuffle_bn_splits=8",
+        ),
+        ({"position_embedding": "rope"}, r"position_embedding must be one of \['learned', 'sincos'\]"),
     ],
 )
 def test_invalid_settings_raise(kwargs, message):
@@ -35,6 +41,21 @@ def test_presets_follow_the_papers():
     assert v3.symmetric_loss and v3.predictor_num_layers == 2 and v3.momentum == 0.99
     vit = MoCoConfig.v3("vit_small_patch16_224")
     assert vit.temperature == 0.2 and vit.projector_num_layers == 3 and vit.predictor_last_batch_norm
+    # The authors' code: bias-free MLPs and a fixed sin-cos position embedding in v3 (ViTs), one-GPU
+    # shuffle-BN over 8 BN splits in the v1/v2 CIFAR-10 demo.
+    assert not v3.mlp_bias and not vit.mlp_bias and v1.mlp_bias and v2.mlp_bias
+    assert vit.position_embedding == "sincos"
+    assert v1.position_embedding == v2.position_embedding == v3.position_embedding == "learned"
+    assert v1.shuffle_bn_splits == v2.shuffle_bn_splits == 8 and v3.shuffle_bn_splits == 1
+    # Fields absent from folders saved before them take the old behaviour.
+    base = MoCoConfig()
+    assert base.mlp_bias and base.position_embedding == "learned" and base.shuffle_bn_splits == 1
+
+
+def test_shuffle_bn_splits_are_checked_only_where_they_apply():
+    MoCoConfig.v2(queue_size=4096, batch_size=256)  # 8 divides 256
+    MoCoConfig.v2(queue_size=1000, batch_size=100, shuffle_bn_splits=4)
+    MoCoConfig.v2(queue_size=1000, batch_size=100, key_batch_norm="none")  # no shuffle-BN: no splits
 
 
 def test_symmetric_loss_doubles_the_keys_per_step():

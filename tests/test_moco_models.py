@@ -1,15 +1,25 @@
 """Contract tests over every MoCo model class, and MoCo-specific behaviour."""
 
+import copy
+import json
+import math
+
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from sslhub import MoCoConfig, MoCoForImageClassification, MoCoForPreTraining, MoCoModel
 
 from .helpers import tiny_moco_v2, tiny_moco_v3
 
-CONFIGS = {"v2-resnet": tiny_moco_v2, "v3-vit": tiny_moco_v3}
+
+def tiny_moco_v3_sincos(**overrides) -> MoCoConfig:
+    return tiny_moco_v3(**{"position_embedding": "sincos", **overrides})
+
+
+CONFIGS = {"v2-resnet": tiny_moco_v2, "v3-vit": tiny_moco_v3_sincos}
 AUTO_CLASS = {
     MoCoModel: AutoModel,
     MoCoForPreTraining: AutoModelForPreTraining,
@@ -245,3 +255,220 @@ def test_activation_checkpointing_gives_the_same_gradients():
     _primary(model(**inputs)).backward()
     for parameter, grad in zip(model.parameters(), expected, strict=True):
         torch.testing.assert_close(parameter.grad, grad, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- MoCo v3 heads (item: bias)
+
+
+def _layers(head):
+    """A head as the list of its layers, the way the authors' `_build_mlp` would be written out."""
+    layers = []
+    for layer in head:
+        if isinstance(layer, torch.nn.Linear):
+            layers.append(("Linear", layer.in_features, layer.out_features, layer.bias is not None))
+        elif isinstance(layer, torch.nn.BatchNorm1d):
+            layers.append(("BatchNorm1d", layer.num_features, layer.affine))
+        else:
+            layers.append((type(layer).__name__,))
+    return layers
+
+
+def test_v3_heads_follow_the_authors_mlp_builder():
+    # moco-v3/moco/builder.py: `_build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True)` uses
+    # nn.Linear(..., bias=False) everywhere, BN + ReLU after each hidden Linear, BN(affine=False) last where
+    # last_bn. ResNet: projector _build_mlp(2, d, 4096, 256), predictor _build_mlp(2, 256, 4096, 256, False);
+    # ViT: projector _build_mlp(3, d, 4096, 256), predictor _build_mlp(2, 256, 4096, 256).
+    hidden = [("BatchNorm1d", 4096, True), ("ReLU",)]
+    resnet = MoCoForPreTraining(MoCoConfig.v3("resnet10t", image_size=32))
+    d = resnet.query_encoder.num_features
+    assert _layers(resnet.query_encoder.projector) == [
+        ("Linear", d, 4096, False),
+        *hidden,
+        ("Linear", 4096, 256, False),
+        ("BatchNorm1d", 256, False),
+    ]
+    assert _layers(resnet.predictor) == [("Linear", 256, 4096, False), *hidden, ("Linear", 4096, 256, False)]
+    vit = MoCoForPreTraining(
+        MoCoConfig.v3("vit_tiny_patch16_224", backbone_kwargs={"img_size": 32}, image_size=32)
+    )
+    d = vit.query_encoder.num_features
+    assert _layers(vit.query_encoder.projector) == [
+        ("Linear", d, 4096, False),
+        *hidden,
+        ("Linear", 4096, 4096, False),
+        *hidden,
+        ("Linear", 4096, 256, False),
+        ("BatchNorm1d", 256, False),
+    ]
+    assert _layers(vit.predictor) == [
+        ("Linear", 256, 4096, False),
+        *hidden,
+        ("Linear", 4096, 256, False),
+        ("BatchNorm1d", 256, False),
+    ]
+
+
+def test_v2_head_keeps_its_biases_and_old_v3_folders_load_theirs(tmp_path):
+    # MoCo v2's MLP is torch's nn.Linear (bias=True): Linear-ReLU-Linear.
+    assert _layers(MoCoModel(tiny_moco_v2()).projector) == [
+        ("Linear", 96, 96, True),
+        ("ReLU",),
+        ("Linear", 96, 16, True),
+    ]
+    # A v3 folder saved before `mlp_bias` existed has the ResNet predictor's last bias and no such field.
+    config = MoCoConfig.v3("test_resnet", projector_hidden_size=32, predictor_hidden_size=32, mlp_bias=True)
+    model = MoCoForPreTraining(config)
+    assert model.predictor[-1].bias is not None
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["mlp_bias"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = MoCoForPreTraining.from_pretrained(tmp_path)
+    assert loaded.config.mlp_bias is True
+    assert torch.equal(loaded.predictor[-1].bias, model.predictor[-1].bias)
+
+
+# -------------------------------------------------------------------------- symmetric loss of v1/v2
+
+
+def _naive_info_nce(q, k, queue, t):
+    """-log exp(q.k+/T) / (exp(q.k+/T) + sum_j exp(q.queue_j/T)), averaged over the rows, in float64."""
+    total = 0.0
+    for i in range(q.shape[0]):
+        positive = math.exp(float(q[i].double() @ k[i].double()) / t)
+        negatives = sum(math.exp(float(q[i].double() @ row.double()) / t) for row in queue)
+        total += -math.log(positive / (positive + negatives))
+    return total / q.shape[0]
+
+
+def test_symmetric_queue_loss_is_the_sum_of_both_orders():
+    # The authors' CIFAR-10 demo: loss = loss_12 + loss_21, both against the queue before this step's keys.
+    model = MoCoForPreTraining(tiny_moco_v2(symmetric_loss=True, queue_size=16)).eval()
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    queue = model.queue.clone()
+    with torch.no_grad():
+        loss = model(x1, x2, update_key_encoder=False, enqueue_keys=False).loss
+        q1, q2 = (F.normalize(model.query_encoder(x).projection, dim=1) for x in (x1, x2))
+        k1, k2 = (F.normalize(model.key_encoder(x).projection, dim=1) for x in (x1, x2))
+    t = model.config.temperature
+    expected = _naive_info_nce(q1, k2, queue, t) + _naive_info_nce(q2, k1, queue, t)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------- one-process shuffle-BN (BN splits)
+
+
+def test_split_shuffle_bn_keys_are_those_of_their_own_sub_batch():
+    model = MoCoForPreTraining(tiny_moco_v2(shuffle_bn_splits=4, queue_size=64))
+    x1, x2 = torch.randn(16, 3, 32, 32), torch.randn(16, 3, 32, 32)
+    torch.manual_seed(3)
+    keys = model(x1, x2, update_key_encoder=False, enqueue_keys=False).key_embeddings
+    torch.manual_seed(3)  # the permutation comes from the global RNG (the recipes seed it and checkpoint it)
+    permutation = torch.randperm(16)
+    reference = copy.deepcopy(model.key_encoder).train()
+    expected = torch.empty_like(keys)
+    with torch.no_grad():
+        for chunk in permutation.chunk(4):  # each sub-batch of the shuffled batch gets its own BN statistics
+            expected[chunk] = F.normalize(reference(x2[chunk]).projection, dim=1)
+        whole_batch = F.normalize(reference(x2).projection, dim=1)
+    torch.testing.assert_close(keys, expected, rtol=1e-5, atol=1e-6)  # row i is the key of image i
+    assert not torch.allclose(keys, whole_batch, atol=1e-3)  # the statistics did change
+    # The same seed gives the same keys: reproducible from the RNG state.
+    torch.manual_seed(3)
+    torch.testing.assert_close(
+        model(x1, x2, update_key_encoder=False, enqueue_keys=False).key_embeddings, keys
+    )
+
+
+def test_split_shuffle_bn_leaves_eval_mode_and_other_settings_alone():
+    model = MoCoForPreTraining(tiny_moco_v2(shuffle_bn_splits=4)).eval()
+    x = torch.randn(8, 3, 32, 32)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        keys = model(x, x, update_key_encoder=False, enqueue_keys=False).key_embeddings
+        torch.testing.assert_close(keys, F.normalize(model.key_encoder(x).projection, dim=1))
+    assert torch.equal(torch.get_rng_state(), state)  # no permutation drawn
+    for settings in ({"shuffle_bn_splits": 1}, {"key_batch_norm": "none"}):
+        model = MoCoForPreTraining(tiny_moco_v2(**settings))
+        reference = copy.deepcopy(model.key_encoder).train()
+        keys = model(x, x, update_key_encoder=False, enqueue_keys=False).key_embeddings
+        with torch.no_grad():
+            torch.testing.assert_close(
+                keys, F.normalize(reference(x).projection, dim=1), rtol=1e-5, atol=1e-6
+            )
+
+
+def test_split_shuffle_bn_needs_a_divisible_batch():
+    model = MoCoForPreTraining(tiny_moco_v2(shuffle_bn_splits=4))
+    with pytest.raises(ValueError, match="shuffle_bn_splits=4 must divide the batch of 6"):
+        model(torch.randn(6, 3, 32, 32), torch.randn(6, 3, 32, 32))
+
+
+# --------------------------------------------------------------- MoCo v3's fixed sin-cos position embedding
+
+
+def _authors_sincos(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """moco-v3/vits.py `build_2d_sincos_position_embedding`, written out as the authors do (square grids)."""
+    grid_w = torch.arange(grid, dtype=torch.float64)
+    grid_h = torch.arange(grid, dtype=torch.float64)
+    grid_w, grid_h = torch.meshgrid(grid_w, grid_h, indexing="ij")
+    pos_dim = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64) / pos_dim)
+    out_w = torch.einsum("m,d->md", grid_w.flatten(), omega)
+    out_h = torch.einsum("m,d->md", grid_h.flatten(), omega)
+    pos_emb = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
+    return torch.cat([torch.zeros(1, 1, dim, dtype=torch.float64), pos_emb], dim=1)  # class token: 0
+
+
+def test_sincos_position_embedding_matches_the_authors_formula():
+    model = MoCoModel(tiny_moco_v3(position_embedding="sincos"))
+    pos_embed = model.backbone.pos_embed  # (1, 1 + 4 * 4, 64)
+    assert pos_embed.shape == (1, 17, 64)
+    torch.testing.assert_close(pos_embed.double(), _authors_sincos(4, 64), rtol=0, atol=1e-6)
+    # Element by element from the formula: token 1 + r * W + c, omega_d = 1 / 10000^(d / 16).
+    for r, c, d in [(0, 0, 0), (1, 2, 3), (3, 1, 15), (2, 3, 7)]:
+        omega = 1 / 10000 ** (d / 16)
+        row = pos_embed[0, 1 + r * 4 + c]
+        expected = [math.sin(r * omega), math.cos(r * omega), math.sin(c * omega), math.cos(c * omega)]
+        assert [row[d + 16 * i].item() for i in range(4)] == pytest.approx(expected, abs=1e-6)
+
+
+def test_sincos_position_embedding_is_frozen_through_training_and_round_trips(tmp_path):
+    model = MoCoForPreTraining(tiny_moco_v3(position_embedding="sincos"))
+    table = _authors_sincos(4, 64).float()
+    backbones = (model.query_encoder.backbone, model.key_encoder.backbone)
+    assert all("pos_embed" not in name for name, _ in model.named_parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # even an optimizer over everything misses it
+    for _ in range(2):
+        loss = model(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for backbone in backbones:
+        assert not backbone.pos_embed.requires_grad and backbone.pos_embed.grad is None
+        torch.testing.assert_close(backbone.pos_embed, table, rtol=0, atol=1e-6)
+    model.save_pretrained(tmp_path / "checkpoint")
+    model.query_encoder.save_pretrained(tmp_path / "inference")
+    for folder in ("checkpoint", "inference"):
+        loaded = MoCoForPreTraining.from_pretrained(tmp_path / folder)
+        assert all("pos_embed" not in name for name, _ in loaded.named_parameters())
+        for backbone in (loaded.query_encoder.backbone, loaded.key_encoder.backbone):
+            assert not backbone.pos_embed.requires_grad
+            torch.testing.assert_close(backbone.pos_embed, table, rtol=0, atol=1e-6)
+        assert loaded.state_dict()["query_encoder.backbone.pos_embed"].shape == (1, 17, 64)
+
+
+def test_sincos_position_embedding_missing_from_a_folder_is_refilled(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    MoCoModel(tiny_moco_v3(position_embedding="sincos")).save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["backbone.pos_embed"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = MoCoModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.backbone.pos_embed, _authors_sincos(4, 64).float(), rtol=0, atol=1e-6)
+
+
+def test_sincos_needs_a_vit():
+    with pytest.raises(ValueError, match="position_embedding='sincos' needs a ViT backbone"):
+        MoCoModel(tiny_moco_v2(position_embedding="sincos"))
