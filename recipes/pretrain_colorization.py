@@ -35,6 +35,7 @@ from torchvision.utils import make_grid, save_image
 
 from sslhub import ColorizationConfig, ColorizationForPreTraining
 from sslhub.color import colorize, estimate_ab_prior
+from sslhub.configuration_common import check_choice, check_positive
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform, load_image_dataset
 from sslhub.training import (
     Checkpointer,
@@ -52,6 +53,7 @@ from sslhub.training import (
     publish_final_model,
     resolve_resume,
     save_arguments,
+    saved_model_config,
     scaled_lr,
     set_lr,
     setting,
@@ -83,6 +85,16 @@ class ColorizationArguments(TrainingArguments):
     sync_batch_norm: bool = setting(
         True, "with several processes, BatchNorm statistics over the global batch"
     )
+    init_from: str | None = setting(
+        None, "continue pre-training a saved colorization model (folder or Hub id); its architecture is kept"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("preset", self.preset, PRESETS)
+        if self.init_from:
+            saved_model_config(self.init_from, ColorizationConfig)
+        check_positive("prior_images", self.prior_images)
 
     def training_preset(self) -> dict:
         # The paper's Adam (beta2 0.99, L2 1e-3) at lr 3e-5 for batch 40, i.e. 1.92e-4 per 256 images; here
@@ -96,10 +108,10 @@ class ColorizationArguments(TrainingArguments):
 
 
 def colorization_config(args: ColorizationArguments) -> ColorizationConfig:
-    """The model config: the preset with the `model` section's settings."""
-    if args.preset not in PRESETS:
-        raise SystemExit(f"error: --preset must be one of {list(PRESETS)}, got {args.preset!r}")
+    """The model config: the preset (or the `init_from` model's config) with the `model` section's settings."""
     try:
+        if args.init_from:
+            return ColorizationConfig.from_pretrained(args.init_from, **args.model)
         return getattr(ColorizationConfig, args.preset)(**args.model)
     except ValueError as error:
         raise SystemExit(f"error: model.{error}") from None
@@ -114,11 +126,13 @@ def first_rows(
     return dataset.shuffle(seed=seed).select(range(min(count, len(dataset))))
 
 
-def estimate_prior(args: ColorizationArguments, size: int, device: torch.device) -> tuple[torch.Tensor, int]:
+def estimate_prior(
+    args: ColorizationArguments, config: ColorizationConfig, device: torch.device
+) -> tuple[torch.Tensor, int]:
     """The empirical ab-bin prior of `prior_images` unaugmented training images, and how many there were.
 
-    The images are resized to `size`, the resolution of the loss's targets (1/4 of the input): the prior
-    of what the loss sees, at a sixteenth of the cost of full resolution.
+    The prior of what the loss sees: the pixels its targets are subsampled to (every `decoder_output_stride`
+    pixel of the input-sized image), with its grey mask; a sixteenth of the pixels of the full image.
     """
     dataset = load_image_dataset(
         args.dataset,
@@ -129,9 +143,18 @@ def estimate_prior(args: ColorizationArguments, size: int, device: torch.device)
     )
     subset = first_rows(dataset, args.prior_images, args.seed)
     # sRGB in [0, 1]: mean 0 and std 1 leave the pixels unnormalized.
-    images = ImageDataset(subset, eval_transform(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0))
+    images = ImageDataset(subset, eval_transform(config.image_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0))
     loader = DataLoader(images, batch_size=256, collate_fn=collate, num_workers=args.num_workers)
-    prior = estimate_ab_prior(batch["pixel_values"].to(device) for batch in loader if "pixel_values" in batch)
+    stride = config.decoder_output_stride
+    prior = estimate_ab_prior(
+        (
+            batch["pixel_values"][..., ::stride, ::stride].to(device)
+            for batch in loader
+            if "pixel_values" in batch
+        ),
+        grey_threshold=config.grey_threshold,
+        grey_mask=config.grey_mask,
+    )
     return prior, len(subset)
 
 
@@ -197,12 +220,15 @@ def main(args: ColorizationArguments) -> dict[str, float]:
     length = RunLength.of(args, loader)
     samples = held_out_images(args, config) if args.sample_steps and accelerator.is_main_process else None
 
-    # Model; a fresh run estimates the rebalancing weights, a resumed one loads them with its checkpoint.
-    model = ColorizationForPreTraining(config)
-    if resolve_resume(args.resume, args.output_dir) is None:
+    # Model; the rebalancing weights come from a resumed checkpoint, a saved training model (init_from), or
+    # are estimated from the data.
+    if args.init_from:
+        model = ColorizationForPreTraining.from_pretrained(args.init_from, config=config)
+    else:
+        model = ColorizationForPreTraining(config)
+    if resolve_resume(args.resume, args.output_dir) is None and model.class_weights_source != "checkpoint":
         with accelerator.main_process_first():  # every process reads the same subset: same weights
-            target_size = max(config.image_size // config.decoder_output_stride, 1)
-            prior, counted = estimate_prior(args, target_size, accelerator.device)
+            prior, counted = estimate_prior(args, config, accelerator.device)
         weights = model.set_class_weights_from_prior(prior)
         accelerator.print(
             f"ab prior from {counted} images: {int((prior > 0).sum())}/{len(prior)} bins seen, "
@@ -281,6 +307,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
             card=dict(
                 family="colorization",
                 paper="colorization",
+                base_model=args.init_from,
                 datasets=[dataset_card_name(args.dataset)],
                 reproduce_command=command_line(),
             ),

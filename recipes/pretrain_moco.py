@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
+from sslhub.backbones import is_vit_name
 from sslhub.configuration_common import check_choice
 from sslhub.configuration_moco import MOCO_VERSIONS
 from sslhub.data import dataset_card_name
@@ -68,7 +69,7 @@ class MoCoArguments(TrainingArguments):
 
     def training_preset(self) -> dict:
         backbone = self.model.get("backbone", self._saved.get("backbone", MoCoConfig.backbone))
-        vit = self.version == "v3" and backbone.startswith(("vit", "deit"))
+        vit = self.version == "v3" and is_vit_name(backbone)
         return TRAINING_PRESETS["v3-vit" if vit else self.version]
 
     def __post_init__(self) -> None:
@@ -133,13 +134,16 @@ TRAINING_PRESETS = {
 }
 
 
-def moco_config(args: MoCoArguments, global_batch: int) -> MoCoConfig:
+def moco_config(args: MoCoArguments, num_processes: int = 1) -> MoCoConfig:
     """The model config: the version's preset (or the `init_from` model's config) with the `model`
     section's settings."""
+    settings = dict(args.model, batch_size=args.batch_size * num_processes)  # the queue takes global batches
+    if num_processes > 1:  # shuffle-BN across the processes: the one-process splits do not apply
+        settings.setdefault("shuffle_bn_splits", 1)
     try:
         if args.init_from:
-            return MoCoConfig.from_pretrained(args.init_from, **args.model, batch_size=global_batch)
-        return getattr(MoCoConfig, args.version)(**args.model, batch_size=global_batch)
+            return MoCoConfig.from_pretrained(args.init_from, **settings)
+        return getattr(MoCoConfig, args.version)(**settings)
     except ValueError as error:
         raise SystemExit(f"error: model.{error}") from None
 
@@ -148,7 +152,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
     # Accelerator first: it decides devices, processes, mixed precision and seeds everything.
     accelerator = create_accelerator(args)
     # The model config checks every model setting now, before any data is read.
-    config = moco_config(args, args.batch_size * accelerator.num_processes)
+    config = moco_config(args, accelerator.num_processes)
     os.makedirs(args.output_dir, exist_ok=True)
     if accelerator.is_main_process:
         save_arguments(args, os.path.join(args.output_dir, "config.yaml"))

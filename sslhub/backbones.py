@@ -24,6 +24,11 @@ def check_backbone_name(name: str) -> None:
         raise ValueError(f"backbone={name!r} is not a timm model name.{hint}")
 
 
+def is_vit_name(name: str) -> bool:
+    """Whether a timm model name is a Vision Transformer (ViT, DeiT): the MoCo v3 presets differ for them."""
+    return name.startswith(("vit", "deit"))
+
+
 def is_resnet_like(backbone: nn.Module) -> bool:
     """Whether `backbone` has the torchvision/timm ResNet stem (`conv1`, `bn1`, `maxpool`)."""
     return all(hasattr(backbone, attr) for attr in ("conv1", "bn1", "maxpool"))

@@ -109,6 +109,11 @@ class MoCoConfig(SSLHubConfig):
                     "one-process shuffle-BN computes the key encoder's BatchNorm statistics over that many equal "
                     "sub-batches (set shuffle_bn_splits=1 to disable it)"
                 )
+            if self.batch_size < 2 * self.shuffle_bn_splits:
+                raise ValueError(
+                    f"batch_size={self.batch_size} leaves fewer than 2 images in each of the shuffle_bn_splits="
+                    f"{self.shuffle_bn_splits} sub-batches: BatchNorm needs at least 2 (lower shuffle_bn_splits)"
+                )
         from .backbones import POSITION_EMBEDDINGS, check_backbone_name
 
         check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
@@ -157,10 +162,10 @@ class MoCoConfig(SSLHubConfig):
         predictor with a last BN, T=0.2 and the fixed sin-cos position embedding (the paper's settings and
         the authors' code); the momentum 0.99 is the start of the recipe's cosine schedule to 1.
         """
-        from .backbones import check_backbone_name
+        from .backbones import check_backbone_name, is_vit_name
 
         check_backbone_name(backbone)
-        is_vit = backbone.startswith(("vit", "deit"))
+        is_vit = is_vit_name(backbone)
         defaults = dict(
             version="v3",
             projector_num_layers=3 if is_vit else 2,

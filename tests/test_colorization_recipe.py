@@ -80,12 +80,12 @@ def test_sample_grids_at_the_configured_steps(straight):
 
 
 def test_checkpoint_holds_the_estimated_class_weights(straight):
-    # The recipe's prior: a seeded subset of the training split, unaugmented, at the size of the loss's
-    # targets (a quarter of 32).
+    # The recipe's prior: a seeded subset of the training split, unaugmented, at the pixels the loss's
+    # targets are subsampled to (every 4th pixel of the 32x32 image), with the model's grey mask.
     subset = load_image_dataset("sample", SPLIT).shuffle(seed=SEED).select(range(PRIOR_IMAGES))
-    to_rgb = eval_transform(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0)
-    rgb = torch.stack([to_rgb(decode_image(row["image"])) for row in subset])
-    expected = rebalancing_weights(estimate_ab_prior([rgb]), mix=0.5, sigma=5.0).float()
+    to_rgb = eval_transform(32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0)
+    rgb = torch.stack([to_rgb(decode_image(row["image"])) for row in subset])[..., ::4, ::4]
+    expected = rebalancing_weights(estimate_ab_prior([rgb], grey_mask="image"), mix=0.5, sigma=5.0).float()
     assert expected.max() > 2 * expected.min()  # far from uniform
     for checkpoint in ("step_6", "step_8"):
         weights = load_file(straight / "checkpoints" / checkpoint / "model.safetensors")["class_weights"]

@@ -158,9 +158,7 @@ def test_shipped_configs_parse(config):
         sys.path.pop(0)
     args = parse_args(MoCoArguments, ["--config", str(config)])
     assert args.batch_size > 0 and args.output_dir
-    assert (
-        moco_config(args, global_batch=args.batch_size).version == args.version
-    )  # every model setting is valid
+    assert moco_config(args).version == args.version  # every model setting is valid
 
 
 def test_moco_v3_with_lars_accumulation_and_momentum_schedule(tmp_path):
@@ -257,7 +255,7 @@ def test_every_unreadable_file_is_named_and_counted(tmp_path):
     jpeg = (folder / "dog" / "0.jpg").read_bytes()
     (folder / "dog" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     result = _run(
-        *("--dataset", str(folder), "--split", "train", "--batch_size", "8", "--max_steps", "3"),
+        *("--dataset", str(folder), "--split", "train", "--batch_size", "16", "--max_steps", "3"),
         *("--output_dir", str(tmp_path / "run")),
     )
     for name in ("empty.png", "notes.jpg", "truncated.jpg"):
@@ -299,3 +297,29 @@ def test_help_works_anywhere_on_the_command_line(recipe):
     result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--batch_size" in result.stdout and "--output_dir" in result.stdout
+
+
+@pytest.mark.parametrize("kind", ["inference folder", "training checkpoint"])
+def test_pretraining_continues_from_a_saved_model(tmp_path, kind):
+    from sslhub import MoCoForPreTraining
+
+    from .helpers import tiny_moco_v2
+
+    saved = tmp_path / "saved"
+    model = MoCoForPreTraining(tiny_moco_v2(queue_size=64, shuffle_bn_splits=1))
+    (model.query_encoder if kind == "inference folder" else model).save_pretrained(saved)
+    result = _run(
+        "--init_from",
+        str(saved),
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "16",
+        "--output_dir",
+        str(tmp_path / "run"),
+    )
+    assert "Reloaded with AutoModel.from_pretrained: MoCoModel" in result.stdout
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert str(saved) in card
+    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert config["projection_dim"] == 16 and config["queue_size"] == 64  # the saved architecture is kept
