@@ -408,7 +408,7 @@ if __name__ == "__main__":  # the two-process test runs this module under torchr
 
 @pytest.mark.slow
 def test_demo_model_beats_random_init(tmp_path):
-    """The README demo (MoCo v2 on the shipped CIFAR-10 sample, minutes on CPU) learns something kNN sees."""
+    """The README demo (MoCo v2 on the shipped CIFAR-10 sample, minutes on CPU) gains 8 points of kNN accuracy."""
     run = subprocess.run(
         [
             sys.executable,
@@ -441,4 +441,4 @@ def test_demo_model_beats_random_init(tmp_path):
             output_dir=str(tmp_path / f"eval-{random_init}"),
         )
         accuracy[random_init] = recipe.main(cfg)["accuracy"]
-    assert accuracy[False] > accuracy[True] + 0.03, accuracy
+    assert accuracy[False] >= accuracy[True] + 0.08, accuracy  # the README promises at least +8 points

@@ -63,6 +63,11 @@ def command_line() -> str:
 def report_final_folder(final: Path, metrics: dict[str, Any]) -> str:
     """What a user needs after a run: the numbers, where the model is, how to load and push it."""
     lines = []
+    if "images_per_second" in metrics:
+        lines.append(
+            f"Trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s at {metrics['images_per_second']:.0f} "
+            f"images/s ({metrics.get('mixed_precision', '?')}: {metrics.get('precision_reason', '')})"
+        )
     if "knn_top1" in metrics:
         before = metrics.get("knn_top1_random_init")
         change = f"random init {before:.4f} -> " if before is not None else ""
