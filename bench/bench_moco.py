@@ -135,7 +135,7 @@ def run_components(args, results: dict) -> None:
     import torch.nn.functional as F
     from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 
-    from sslhub.momentum import enqueue, momentum_update
+    from sslhub.models.momentum import enqueue, momentum_update
 
     device = args.device
     s = settings_for(args)[0]
@@ -319,7 +319,7 @@ def run_inference(args, results: dict) -> None:
     from safetensors.torch import load_file, save_file
 
     from sslhub import MoCoModel
-    from sslhub.backbones import create_backbone
+    from sslhub.models.backbones import create_backbone
 
     device = args.device
     rows, load_rows = [], []

@@ -1,7 +1,7 @@
 """What the benchmarks share: the same MoCo v2 built in sslhub and in lightly, one training step of each,
 timing and machine helpers.
 
-Both models use one backbone definition (`sslhub.backbones.create_backbone`, a timm ResNet with the same
+Both models use one backbone definition (`sslhub.models.backbones.create_backbone`, a timm ResNet with the same
 optional CIFAR stem) and start from the same weights and the same queue, so the comparison isolates each
 library's MoCo machinery (heads, momentum update, queue, loss), not the network.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from sslhub import MoCoConfig, MoCoForPreTraining
-from sslhub.backbones import create_backbone
+from sslhub.models.backbones import create_backbone
 
 
 @dataclass

@@ -162,7 +162,7 @@ def render(results: dict) -> str:
             "",
             "Load time: `MoCoModel.from_pretrained(folder)` vs `timm.create_model(name, num_classes=0)` + "
             "`load_state_dict` of the same (stripped) safetensors weights; the CIFAR-stem model goes through "
-            "`sslhub.backbones.create_backbone` on the timm side. transformers builds the model on the meta "
+            "`sslhub.models.backbones.create_backbone` on the timm side. transformers builds the model on the meta "
             "device and skips the random initialisation that timm runs before loading.",
             "",
             "| backbone | from_pretrained s | timm + load_state_dict s | ratio |",

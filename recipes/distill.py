@@ -39,11 +39,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslhub import StudentConfig, StudentForDistillation
-from sslhub.configuration_common import check_choice, check_positive
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
 from sslhub.distillation import check_teacher, kmeans, load_teacher, renormalize_for_teacher
 from sslhub.evaluation import extract_features
-from sslhub.modeling_student import TEACHER_OUTPUTS
+from sslhub.models.configuration_common import check_choice, check_positive
+from sslhub.models.modeling_student import TEACHER_OUTPUTS
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,

@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader
 from torchvision.utils import make_grid, save_image
 
 from sslhub import ColorizationConfig, ColorizationForPreTraining
-from sslhub.color import colorize, estimate_ab_prior
-from sslhub.configuration_common import check_choice, check_positive
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform, load_image_dataset
+from sslhub.models.color import colorize, estimate_ab_prior
+from sslhub.models.configuration_common import check_choice, check_positive
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
-from sslhub.backbones import is_vit_name
-from sslhub.configuration_common import check_choice
-from sslhub.configuration_moco import MOCO_VERSIONS
 from sslhub.data import dataset_card_name
-from sslhub.momentum import cosine_momentum
+from sslhub.models.backbones import is_vit_name
+from sslhub.models.configuration_common import check_choice
+from sslhub.models.configuration_moco import MOCO_VERSIONS
+from sslhub.models.momentum import cosine_momentum
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,

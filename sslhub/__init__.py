@@ -11,13 +11,19 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from .configuration_colorization import ColorizationConfig
-from .configuration_moco import MoCoConfig
-from .configuration_student import StudentConfig
-from .modeling_colorization import ColorizationForPreTraining, ColorizationModel
-from .modeling_common import image_processor_for
-from .modeling_moco import MoCoForImageClassification, MoCoForPreTraining, MoCoModel
-from .modeling_student import StudentForDistillation, StudentModel
+from .models import (
+    ColorizationConfig,
+    ColorizationForPreTraining,
+    ColorizationModel,
+    MoCoConfig,
+    MoCoForImageClassification,
+    MoCoForPreTraining,
+    MoCoModel,
+    StudentConfig,
+    StudentForDistillation,
+    StudentModel,
+    image_processor_for,
+)
 
 __version__ = "0.1.0"
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .backbones import check_backbone_name, create_backbone
-from .configuration_common import check_choice
-from .modeling_student import TEACHER_OUTPUTS, TeacherAdapter
+from .models.backbones import check_backbone_name, create_backbone
+from .models.configuration_common import check_choice
+from .models.modeling_student import TEACHER_OUTPUTS, TeacherAdapter
 
 
 def _timm_teacher(name: str, output: str, pretrained: bool, model_kwargs: dict[str, Any]) -> TeacherAdapter:

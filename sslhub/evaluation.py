@@ -32,9 +32,9 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .backbones import create_backbone
-from .configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from .data import eval_transform
+from .models.backbones import create_backbone
+from .models.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 
 TIMM_PREFIX = "timm:"
 WEIGHT_FILES = (

@@ -32,8 +32,8 @@ from transformers import AutoConfig, AutoModel
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .configuration_moco import MoCoConfig
-from .modeling_moco import MoCoModel
+from .models.configuration_moco import MoCoConfig
+from .models.modeling_moco import MoCoModel
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from sslhub import MoCoConfig, MoCoForPreTraining
 from sslhub.data import TwoViewDataset, collate, load_image_dataset, two_view_transform
-from sslhub.distributed import rank, shuffle_batch, unshuffle_batch, world_size
+from sslhub.models.distributed import rank, shuffle_batch, unshuffle_batch, world_size
 
 
 def main() -> None:

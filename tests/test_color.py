@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage import color as skcolor
 
-from sslhub.color import (
+from sslhub.models.color import (
     NUM_AB_BINS,
     ab_bin_centers,
     ab_bin_counts,

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from sslhub import ColorizationConfig, ColorizationForPreTraining, ColorizationModel
-from sslhub.color import ab_bin_centers, lightness_to_input, rgb_to_lab, soft_encode_ab
-from sslhub.losses import colorization_cross_entropy
+from sslhub.models.color import ab_bin_centers, lightness_to_input, rgb_to_lab, soft_encode_ab
+from sslhub.models.losses_colorization import colorization_cross_entropy
 
 
 def tiny_resnet(**overrides) -> ColorizationConfig:

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sslhub.color import estimate_ab_prior, rebalancing_weights, rgb_to_lab
 from sslhub.data import crop_flip_transform, decode_image, eval_transform, load_image_dataset
+from sslhub.models.color import estimate_ab_prior, rebalancing_weights, rgb_to_lab
 from sslhub.training import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from torch import nn
 
 from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
 from sslhub.distillation import Renormalize, renormalize_for_teacher
-from sslhub.modeling_student import TeacherAdapter
+from sslhub.models.modeling_student import TeacherAdapter
 from sslhub.training import parse_args
 
 from .helpers import tiny_moco_v2

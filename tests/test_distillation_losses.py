@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslhub.losses import (
+from sslhub.models.losses_distillation import (
     cluster_cross_entropy,
     compress_kl,
     embedding_regression_mse,

@@ -25,7 +25,7 @@ from sslhub import (
     StudentConfig,
     StudentForDistillation,
 )
-from sslhub.modeling_student import TeacherAdapter
+from sslhub.models.modeling_student import TeacherAdapter
 
 from .helpers import fill_hub_cache, tiny_moco_v2, tiny_moco_v3
 

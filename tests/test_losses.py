@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslhub.losses import info_nce_in_batch, info_nce_with_queue
-from sslhub.momentum import cosine_momentum, enqueue, momentum_update
+from sslhub.models.losses_contrastive import info_nce_in_batch, info_nce_with_queue
+from sslhub.models.momentum import cosine_momentum, enqueue, momentum_update
 
 
 def _unit(*shape):

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
 from sslhub.distillation import assign_clusters, kmeans, load_teacher, precompute_teacher_embeddings
-from sslhub.modeling_student import TeacherAdapter, teacher_output_to_embedding
+from sslhub.models.modeling_student import TeacherAdapter, teacher_output_to_embedding
 
 from .helpers import tiny_moco_v2
 

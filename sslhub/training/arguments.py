@@ -130,7 +130,7 @@ class TrainingArguments:
     def __post_init__(self) -> None:
         """Fill unset settings from the recipe's preset, then check every setting that can be checked
         before any data is read or any model is built."""
-        from ..configuration_common import check_choice, check_positive
+        from ..models.configuration_common import check_choice, check_positive
         from .optim import LR_SCHEDULES, OPTIMIZERS
         from .precision import PRECISIONS
 

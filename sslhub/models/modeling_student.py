@@ -23,7 +23,7 @@ from .configuration_common import check_choice
 from .configuration_student import StudentConfig
 from .distributed import gather_without_grad
 from .heads import projection_head
-from .losses import (
+from .losses_distillation import (
     cluster_cross_entropy,
     compress_kl,
     embedding_regression_mse,

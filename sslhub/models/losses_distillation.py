@@ -1,7 +1,7 @@
-"""Loss functions of sslhub, as pure functions of tensors.
+"""Self-supervised distillation losses, as pure functions of tensors: a small student learns from a frozen
+teacher's embeddings (Hinton KD, regression, SEED, CompRess, k-means pseudo-labels).
 
-Each function cites its paper and states what it computes. Inside a function the paper's symbols are used:
-`q` queries, `k` keys, `T` temperature.
+Inside a function the papers' symbols are used: `s` student, `t` teacher, `T` temperature.
 """
 
 from __future__ import annotations
@@ -10,48 +10,6 @@ import functools
 
 import torch
 import torch.nn.functional as F
-
-
-def info_nce_with_queue(
-    query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE of MoCo v1/v2 (He et al. 2020, Eq. 1): one positive key per query, negatives from a queue.
-
-    With `q` the L2-normalized queries (N, D), `k` their positive keys (N, D) and the queue (K, D),
-    the logits are `[q.k, q.queue] / T` and the target is index 0 of every row.
-
-    Returns:
-        `(loss, logits)`; logits have shape (N, 1 + K).
-    """
-    q, k = query, key
-    l_pos = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
-    l_neg = q @ queue.to(q.dtype).T  # (N, K)
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature  # (N, 1 + K)
-    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, labels), logits
-
-
-def info_nce_in_batch(
-    query: torch.Tensor, keys: torch.Tensor, temperature: float, positive_offset: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE of MoCo v3 (Chen, Xie, He 2021): in-batch keys, scaled by 2T.
-
-    `q` (N, D) are this process's queries; `keys` (M, D) are the keys of the whole (gathered) batch,
-    and the positive of query i is key `positive_offset + i`; every other key is a negative.
-    The loss is `2T * CE(q.keys^T / T, positive_offset + i)`.
-
-    Returns:
-        `(loss, logits)`; logits have shape (N, M).
-    """
-    q = query
-    logits = q @ keys.to(q.dtype).T / temperature  # (N, M)
-    labels = torch.arange(q.shape[0], device=q.device) + positive_offset
-    return F.cross_entropy(logits, labels) * (2 * temperature), logits
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Self-supervised distillation: a small student learns from a frozen teacher's embeddings.
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _at_least_float32(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -175,42 +133,10 @@ def cluster_cross_entropy(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> 
     return F.cross_entropy(logits, pseudo_labels)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Colorization (Zhang, Isola, Efros 2016)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def colorization_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    class_weights: torch.Tensor,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Class-rebalanced multinomial cross-entropy of colorization (Zhang, Isola, Efros 2016, Eq. 2-3).
-
-    With `Z_hat = softmax(logits)` over the Q bins, `Z` the soft-encoded target and
-    `v(Z_hw) = w[argmax_q Z_hw,q]` the rebalancing weight of a pixel's most likely bin, the loss is
-    `-sum_hw v(Z_hw) * sum_q Z_hw,q * log Z_hat_hw,q`, divided by the number of counted pixels (those where
-    `mask` is True; grey pixels or images are left out), so uniform weights give the mean cross-entropy.
-
-    Args:
-        logits: (N, Q, h, w) predicted bin logits.
-        target: (N, Q, h, w) soft-encoded target distributions.
-        class_weights: (Q,) rebalancing weights `w`.
-        mask: optional (N, 1, h, w) boolean mask of the pixels that count.
-
-    Returns:
-        The scalar loss (0 when no pixel counts).
-    """
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    log_z_hat = F.log_softmax(logits, dim=1)  # (N, Q, h, w)
-    z = target.to(log_z_hat.dtype)
-    cross_entropy = -(z * log_z_hat).sum(dim=1)  # (N, h, w)
-    v = class_weights.to(log_z_hat)[z.argmax(dim=1)]  # (N, h, w)
-    if mask is not None:
-        v = v * mask[:, 0].to(v.dtype)
-        count = mask.sum().clamp_min(1)
-    else:
-        count = v.numel()
-    return (v * cross_entropy).sum() / count
+__all__ = [
+    "cluster_cross_entropy",
+    "compress_kl",
+    "embedding_regression_mse",
+    "knowledge_distillation_kl",
+    "seed_cross_entropy",
+]

@@ -30,7 +30,7 @@ from .color import (
     soft_encode_ab,
 )
 from .configuration_colorization import ColorizationConfig
-from .losses import colorization_cross_entropy
+from .losses_colorization import colorization_cross_entropy
 from .modeling_common import SSLHubPreTrainedModel
 
 

@@ -19,7 +19,7 @@ from .backbones import create_backbone
 from .configuration_moco import MoCoConfig
 from .distributed import gather_without_grad, rank, shuffle_bn
 from .heads import MLPHead, projection_head
-from .losses import info_nce_in_batch, info_nce_with_queue
+from .losses_contrastive import info_nce_in_batch, info_nce_with_queue
 from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
 from .momentum import enqueue, momentum_update, random_queue
 
