@@ -485,8 +485,7 @@ def batched_augmentation_rates(dataset, repeats: int) -> list[float]:
     views made for the whole batch (the training process's part), per image pair."""
     from torch.utils.data import DataLoader
 
-    from sslhub.augment import BatchedTwoViewAugmentation
-    from sslhub.data import UInt8ImageDataset, collate
+    from sslhub.data import BatchedTwoViewAugmentation, UInt8ImageDataset, collate
 
     augment = BatchedTwoViewAugmentation("v2", 32, CIFAR_MEAN, CIFAR_STD)
     loader = DataLoader(UInt8ImageDataset(dataset, 32), batch_size=128, num_workers=0, collate_fn=collate)

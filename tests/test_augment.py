@@ -6,10 +6,15 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from sslhub import augment
-from sslhub import augment_presets as presets
-from sslhub.augment import BatchedTwoViewAugmentation, color_jitter, crop_boxes, gaussian_blur, jitter_order
-from sslhub.data import crop_flip_transform, two_view_transform
+from sslhub.data import batched as augment
+from sslhub.data import crop_flip_transform, presets, two_view_transform
+from sslhub.data.batched import (
+    BatchedTwoViewAugmentation,
+    color_jitter,
+    crop_boxes,
+    gaussian_blur,
+    jitter_order,
+)
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.15)
 

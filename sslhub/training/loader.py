@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from ..augment import BatchedTwoViewAugmentation
 from ..data import (
+    BatchedTwoViewAugmentation,
     TwoViewDataset,
     UInt8ImageDataset,
     collate,

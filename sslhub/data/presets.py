@@ -1,8 +1,8 @@
 """The augmentation presets, as data: one table for the per-image and the batched implementation.
 
 A view is the ordered tuple of its random operations, each with its parameters and probability. Two
-implementations read the same table: `data.py` turns a view into torchvision transforms (per image, in the
-DataLoader workers) and `augment.py` applies it to whole batches of tensors on the training device.
+implementations read the same table: `views.py` turns a view into torchvision transforms (per image, in the
+DataLoader workers) and `batched.py` applies it to whole batches of tensors on the training device.
 `preset_views` resolves a preset for an image size; the rules that depend on the size live there.
 """
 

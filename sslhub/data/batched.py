@@ -2,7 +2,7 @@
 
 Per-image PIL augmentation costs about 1.5 ms a view on one CPU core, far more than a small model's
 training step at 32x32; on a GPU it starves the device. `BatchedTwoViewAugmentation` applies the views
-of a preset of `augment_presets.PRESETS` (the table `data.two_view_transform` builds its torchvision
+of a preset of `presets.PRESETS` (the table `views.two_view_transform` builds its torchvision
 transforms from) to a whole batch, drawing every random parameter for the batch at once:
 
 - random resized crop: per-image boxes (torchvision's sampling: scale, log-uniform aspect ratio, ten
@@ -17,7 +17,7 @@ little (float arithmetic instead of PIL's uint8 rounding, `roi_align` instead of
 and so do the random streams: the same seed gives other views in the two paths. Jitter and blur run on
 the subsets of images that apply them (boolean selection: on a GPU, one host sync per subset).
 
-Its input is a batch of equal-sized uint8 images (`data.UInt8ImageDataset` items, e.g. CIFAR); its
+Its input is a batch of equal-sized uint8 images (`image_datasets.UInt8ImageDataset` items, e.g. CIFAR); its
 randomness comes from a `torch.Generator`, seeded per batch from (seed, epoch, batch index) by the
 recipe, so that a resumed run draws the same views.
 """
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from . import augment_presets as presets
+from . import presets
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
@@ -260,17 +260,17 @@ _BATCHED = {
 
 
 class BatchedTwoViewAugmentation:
-    """The two views of a MoCo preset (`augment_presets.PRESETS`) on a batch of equal-sized uint8 images,
+    """The two views of a MoCo preset (`presets.PRESETS`) on a batch of equal-sized uint8 images,
     on their device.
 
     Args:
-        preset: "v1", "v2" or "v3" (as `data.two_view_transform`).
+        preset: "v1", "v2" or "v3" (as `views.two_view_transform`).
         image_size: output side.
         mean, std: normalization of the output.
         min_scale: overrides the crop's lower scale bound.
 
     Attributes:
-        views: the (query, key) operations applied, in order (`augment_presets.preset_views`).
+        views: the (query, key) operations applied, in order (`presets.preset_views`).
     """
 
     def __init__(self, preset: str, image_size: int, mean, std, min_scale: float | None = None) -> None:
