@@ -33,17 +33,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from sslhub import StudentConfig, StudentForDistillation
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
-from sslhub.distillation import check_teacher, kmeans, load_teacher, renormalize_for_teacher
-from sslhub.evaluation import extract_features
+from sslhub.evaluation import cached_tensors, extract_features
 from sslhub.models.configuration_common import check_choice, check_positive
-from sslhub.models.modeling_student import TEACHER_OUTPUTS
+from sslhub.models.modeling_common import EMBEDDINGS
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,
@@ -51,14 +48,18 @@ from sslhub.training import (
     RunLogger,
     TrainingArguments,
     TwoViews,
+    check_teacher,
     command_line,
     create_accelerator,
     create_optimizer,
+    kmeans,
     learning_rate_at,
+    load_teacher,
     micro_batches,
     parse_args,
     pretraining_loader,
     publish_final_model,
+    renormalize_for_teacher,
     save_arguments,
     saved_model_config,
     scaled_lr,
@@ -103,7 +104,7 @@ class DistillArguments(TrainingArguments):
                 "teacher is required: a model folder, Hub id, timm:<name> or transformers image model id"
             )
         check_choice("teacher_view", self.teacher_view, TEACHER_VIEWS)
-        check_choice("teacher_output", self.teacher_output, TEACHER_OUTPUTS)
+        check_choice("teacher_output", self.teacher_output, EMBEDDINGS)
         check_choice("augmentation", self.augmentation, ("v1", "v2", "v3"))
         check_positive("kmeans_iters", self.kmeans_iters)
         cached = self.model.get("loss") == "cluster" or self.teacher_view == "eval"
@@ -158,16 +159,6 @@ def with_cluster_count(args: DistillArguments, config: StudentConfig, num_images
     return student_config(args, config.teacher_dim)
 
 
-def _cached(path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor] | None:
-    """The tensors of `path` if it was written for the same settings (`metadata`), else None."""
-    if not path.exists():
-        return None
-    with safe_open(str(path), framework="pt") as file:
-        if file.metadata() != metadata:
-            return None
-    return load_file(path)
-
-
 def teacher_embeddings_of_training_images(
     args: DistillArguments, config: StudentConfig, accelerator, teacher: nn.Module, dataset
 ) -> torch.Tensor:
@@ -176,72 +167,66 @@ def teacher_embeddings_of_training_images(
     Computed once (sharded over the processes) and cached in `output_dir`; a resumed run reads the cache.
     An unreadable image gets the row of the next readable one, the image the training views show instead.
     """
-    path = Path(args.output_dir) / "teacher_embeddings.safetensors"
-    metadata = {
-        name: str(getattr(args, name))
+    settings = {
+        name: getattr(args, name)
         for name in ("teacher", "teacher_output", "teacher_image_size", "dataset", "split")
     }
-    metadata.update(image_size=str(config.image_size), num_images=str(len(dataset)))
-    found = _cached(path, metadata)
-    if found is not None:
+    settings.update(image_size=config.image_size, num_images=len(dataset))
+
+    def compute() -> dict[str, torch.Tensor]:
+        transform = eval_transform(config.image_size, config.image_mean, config.image_std, config.crop_pct)
+        images = DataLoader(
+            ImageDataset(dataset, transform),
+            batch_size=args.teacher_batch_size,
+            collate_fn=collate,
+            num_workers=args.num_workers,
+        )
+        features, _, indices = extract_features(
+            teacher,
+            accelerator.prepare(images),
+            accelerator,
+            description="teacher embeddings",
+            return_indices=True,
+        )
+        readable = indices.sort().values  # (M,) dataset indices that decoded
+        nearest = readable[torch.searchsorted(readable, torch.arange(len(dataset))) % len(readable)]
+        table = torch.zeros(len(dataset), features.shape[1])
+        table[indices] = features
+        return {"embeddings": table[nearest]}  # (num_images, D)
+
+    path = Path(args.output_dir) / "teacher_embeddings.safetensors"
+    tensors, hit = cached_tensors(path, settings, compute, accelerator)
+    if hit:
         accelerator.print(f"reusing the teacher embeddings cached in {path}")
-        return found["embeddings"]
-    transform = eval_transform(config.image_size, config.image_mean, config.image_std, config.crop_pct)
-    images = DataLoader(
-        ImageDataset(dataset, transform),
-        batch_size=args.teacher_batch_size,
-        collate_fn=collate,
-        num_workers=args.num_workers,
-    )
-    features, _, indices = extract_features(
-        teacher,
-        accelerator.prepare(images),
-        accelerator,
-        description="teacher embeddings",
-        return_indices=True,
-    )
-    readable = indices.sort().values  # (M,) dataset indices that decoded
-    nearest = readable[torch.searchsorted(readable, torch.arange(len(dataset))) % len(readable)]
-    table = torch.zeros(len(dataset), features.shape[1])
-    table[indices] = features
-    embeddings = table[nearest].contiguous()  # (num_images, D)
-    if accelerator.is_main_process:
-        save_file({"embeddings": embeddings}, str(path), metadata=metadata)
-    accelerator.wait_for_everyone()
-    return embeddings
+    return tensors["embeddings"]
 
 
 def cluster_pseudo_labels(
     args: DistillArguments, config: StudentConfig, accelerator, embeddings: torch.Tensor
 ) -> torch.Tensor:
-    """(num_images,) k-means cluster of each image's L2-normalized teacher embedding, cached in `output_dir`."""
-    path = Path(args.output_dir) / "teacher_clusters.safetensors"
-    metadata = {
-        "num_clusters": str(config.num_clusters),
-        "kmeans_iters": str(args.kmeans_iters),
-        "seed": str(args.seed),
-        "num_images": str(len(embeddings)),
+    """(num_images,) k-means cluster of each image's L2-normalized teacher embedding, cached in `output_dir`.
+
+    One process clusters and writes; the others read its file, so every process has the same labels.
+    """
+    settings = {
+        "num_clusters": config.num_clusters,
+        "kmeans_iters": args.kmeans_iters,
+        "seed": args.seed,
+        "num_images": len(embeddings),
         "embeddings_sum": f"{embeddings.double().sum().item():.10e}",  # ties the labels to the embeddings
     }
-    found = _cached(path, metadata)
-    if found is None:
-        # One process clusters and writes; the others read the file, so every process has the same labels.
-        if accelerator.is_main_process:
-            accelerator.print(
-                f"k-means: {config.num_clusters} clusters of {len(embeddings)} teacher embeddings"
-            )
-            centroids, labels = kmeans(
-                F.normalize(embeddings.to(accelerator.device), dim=1),
-                config.num_clusters,
-                iters=args.kmeans_iters,
-                seed=args.seed,
-            )
-            save_file({"labels": labels.cpu(), "centroids": centroids.cpu()}, str(path), metadata=metadata)
-        accelerator.wait_for_everyone()
-        found = _cached(path, metadata)
-    else:
+
+    def compute() -> dict[str, torch.Tensor]:
+        accelerator.print(f"k-means: {config.num_clusters} clusters of {len(embeddings)} teacher embeddings")
+        features = F.normalize(embeddings.to(accelerator.device), dim=1)
+        centroids, labels = kmeans(features, config.num_clusters, iters=args.kmeans_iters, seed=args.seed)
+        return {"labels": labels.cpu(), "centroids": centroids.cpu()}
+
+    path = Path(args.output_dir) / "teacher_clusters.safetensors"
+    tensors, hit = cached_tensors(path, settings, compute, accelerator, collective=False)
+    if hit:
         accelerator.print(f"reusing the k-means pseudo-labels cached in {path}")
-    return found["labels"]
+    return tensors["labels"]
 
 
 def main(args: DistillArguments) -> dict[str, float]:

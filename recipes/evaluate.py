@@ -35,6 +35,7 @@ from sslhub.data import (
     collate,
     dataset_card_name,
     decode_image,
+    finetune_transform,
     load_image_dataset,
 )
 from sslhub.evaluation import (
@@ -43,7 +44,6 @@ from sslhub.evaluation import (
     classifier_accuracy,
     classifier_logits,
     extract_features,
-    finetune_transform,
     knn_accuracy,
     linear_probe,
     load_classifier,
@@ -364,7 +364,7 @@ def main(cfg: EvalArguments) -> dict:
 
 
 def save_plots(cfg: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names) -> None:
-    from sslhub.plots import plot_embedding_map, plot_retrieval_grid, plot_training_curves
+    from sslhub.evaluation.plots import plot_embedding_map, plot_retrieval_grid, plot_training_curves
 
     generator = torch.Generator().manual_seed(cfg.seed)
     (train_x, train_y, train_index), (eval_x, eval_y, eval_index) = features["train"], features["eval"]

@@ -17,9 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
-from sslhub.distillation import Renormalize, renormalize_for_teacher
 from sslhub.models.modeling_student import TeacherAdapter
-from sslhub.training import parse_args
+from sslhub.training import Renormalize, parse_args, renormalize_for_teacher
 
 from .helpers import tiny_moco_v2
 

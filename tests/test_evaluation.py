@@ -277,9 +277,9 @@ def test_load_encoder_sslhub_timm_and_transformers(moco_folder, tmp_path):
     vit_encoder = load_encoder(str(tmp_path / "vit"))
     assert vit_encoder.kind == "transformers" and vit_encoder.image_size == 16
     assert vit_encoder.mean == (0.1, 0.2, 0.3)
-    from sslhub.evaluation import embed_batch
+    from sslhub.evaluation import embed
 
-    assert embed_batch(vit_encoder.model, vit_encoder.transform(image)[None]).shape == (1, 16)
+    assert embed(vit_encoder.model, vit_encoder.transform(image)[None]).shape == (1, 16)
 
 
 def test_random_init_and_classifier(moco_folder, tmp_path):

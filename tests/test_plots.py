@@ -4,7 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sslhub.plots import plot_embedding_map, plot_retrieval_grid, plot_training_curves, read_scalars
+from sslhub.evaluation.plots import (
+    plot_embedding_map,
+    plot_retrieval_grid,
+    plot_training_curves,
+    read_scalars,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
 from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
-from sslhub.distillation import assign_clusters, kmeans, load_teacher, precompute_teacher_embeddings
-from sslhub.models.modeling_student import TeacherAdapter, teacher_output_to_embedding
+from sslhub.models.modeling_common import output_embedding
+from sslhub.models.modeling_student import TeacherAdapter
+from sslhub.training import assign_clusters, kmeans, load_teacher
 
 from .helpers import tiny_moco_v2
 
@@ -301,21 +302,12 @@ def test_load_teacher_from_timm_sslhub_and_transformers(tmp_path):
             torch.testing.assert_close(teacher(x), expected, rtol=0, atol=0)
 
 
-def test_teacher_output_to_embedding_reads_every_layout():
+def test_output_embedding_reads_every_layout():
     pooled_map = torch.randn(3, 8, 1, 1)  # transformers CNNs return (N, C, 1, 1) pooler outputs
-    assert torch.equal(teacher_output_to_embedding({"pooler_output": pooled_map}), pooled_map.flatten(1))
-    assert torch.equal(teacher_output_to_embedding((torch.ones(3, 4), None)), torch.ones(3, 4))
+    assert torch.equal(output_embedding({"pooler_output": pooled_map}), pooled_map.flatten(1))
+    assert torch.equal(output_embedding((torch.ones(3, 4), None)), torch.ones(3, 4))
     with pytest.raises(ValueError, match="logits"):
-        teacher_output_to_embedding({"pooler_output": torch.ones(3, 4)}, "logits")
-
-
-def test_precompute_teacher_embeddings_follows_the_batches():
-    teacher = tiny_teacher()
-    images = _images(6)
-    batches = [{"pixel_values": images[:4]}, {"pixel_values": images[4:]}]
-    cached = precompute_teacher_embeddings(teacher, batches)
-    with torch.no_grad():
-        torch.testing.assert_close(cached, teacher(images))
+        output_embedding({"pooler_output": torch.ones(3, 4)}, "logits")
 
 
 def test_kmeans_matches_sklearn_on_separated_blobs():

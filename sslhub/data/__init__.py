@@ -35,6 +35,7 @@ from .views import (
     TwoViewTransform,
     crop_flip_transform,
     eval_transform,
+    finetune_transform,
     sample_seed,
     two_view_transform,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "dataset_card_name",
     "decode_image",
     "eval_transform",
+    "finetune_transform",
     "load_image_dataset",
     "read_readable",
     "route_files_to_splits",

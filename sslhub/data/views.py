@@ -136,3 +136,18 @@ def view_item(views: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> dict[s
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed for one sample's augmentation, derived from the run seed, the epoch and its index."""
     return zlib.crc32(f"{seed}/{epoch}/{index}".encode()) * 2654435761 % (2**63 - 1)
+
+
+def finetune_transform(
+    image_size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), min_scale: float = 0.08
+) -> v2.Compose:
+    """The augmentation of supervised fine-tuning: RandomResizedCrop and horizontal flip, then normalize."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )

@@ -40,6 +40,7 @@ def create_backbone(
     small_input_stem: bool = False,
     pretrained: bool = False,
     position_embedding: str = "learned",
+    keep_classifier: bool = False,
 ) -> nn.Module:
     """Build a headless timm backbone whose `forward` returns pooled features of size `num_features`.
 
@@ -51,13 +52,16 @@ def create_backbone(
         pretrained: load timm's pretrained weights (needs the Hub or a filled cache).
         position_embedding: for ViTs, `"learned"` (timm's trained `pos_embed`) or `"sincos"` (MoCo v3's fixed
             2-D sin-cos table, see `fix_sincos_position_embedding`).
+        keep_classifier: keep timm's classifier (a teacher whose logits are distilled); `forward` then
+            returns logits.
 
     Returns:
-        The timm model with `num_classes=0`.
+        The timm model with `num_classes=0` (or its own classifier with `keep_classifier`).
     """
     check_backbone_name(name)
     kwargs = dict(backbone_kwargs or {})
-    kwargs["num_classes"] = 0
+    if not keep_classifier:
+        kwargs["num_classes"] = 0
     backbone = timm.create_model(name, pretrained=pretrained, **kwargs)
     if small_input_stem:
         if not is_resnet_like(backbone):

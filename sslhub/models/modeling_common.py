@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,53 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .backbones import backbone_features, has_fixed_position_embedding, reset_sincos_position_embedding
-from .configuration_common import SSLHubConfig
+from .configuration_common import SSLHubConfig, check_choice
+
+EMBEDDINGS = ("auto", "projection", "pooled", "logits", "cls", "mean")
+# Fields of a model output tried in order, per choice of `output_embedding`.
+_OUTPUT_FIELDS = {
+    "auto": ("projection", "pooler_output", "logits", "last_hidden_state"),
+    "projection": ("projection",),
+    "pooled": ("pooler_output", "last_hidden_state"),
+    "logits": ("logits",),
+    "cls": ("last_hidden_state",),
+    "mean": ("last_hidden_state",),
+}
+
+
+def _reduce_to_embedding(tensor: torch.Tensor, how: str) -> torch.Tensor:
+    """(N, D) as is; tokens (N, L, D) -> first token (`"cls"`) or their mean; maps (N, C, h, w) -> spatial mean."""
+    if tensor.ndim == 2:
+        return tensor
+    if tensor.ndim == 3:
+        return tensor[:, 0] if how == "cls" else tensor.mean(dim=1)
+    if tensor.ndim == 4:
+        return tensor.mean(dim=(2, 3))
+    raise ValueError(f"cannot turn a model output of shape {tuple(tensor.shape)} into (N, D) embeddings")
+
+
+def output_embedding(output, how: str = "auto") -> torch.Tensor:
+    """The (N, D) embedding in the output of any image model: an sslhub model, a timm model, a transformers
+    model (a teacher in distillation, an encoder in evaluation).
+
+    Args:
+        output: a tensor, a `ModelOutput` / dict, or a tuple (its first element is used).
+        how: `"auto"` (the first present of `projection`, `pooler_output`, `logits`, mean of
+            `last_hidden_state`), `"projection"`, `"pooled"` (`pooler_output`, else mean of
+            `last_hidden_state`), `"logits"`, `"cls"` (first token) or `"mean"` (mean of the tokens / map).
+    """
+    check_choice("how", how, EMBEDDINGS)
+    if isinstance(output, torch.Tensor):
+        return _reduce_to_embedding(output, how)
+    if isinstance(output, Mapping) or hasattr(output, "__dataclass_fields__"):
+        for field in _OUTPUT_FIELDS[how]:
+            value = output.get(field) if isinstance(output, Mapping) else getattr(output, field, None)
+            if value is not None:
+                return _reduce_to_embedding(value, how)
+        raise ValueError(f"the model's output has none of {list(_OUTPUT_FIELDS[how])} (how={how!r})")
+    if isinstance(output, (tuple, list)) and output:
+        return output_embedding(output[0], how)
+    raise TypeError(f"cannot read an embedding from a model output of type {type(output).__name__}")
 
 
 @dataclass

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -30,19 +29,8 @@ from .losses_distillation import (
     knowledge_distillation_kl,
     seed_cross_entropy,
 )
-from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
+from .modeling_common import EMBEDDINGS, EncoderMixin, EncoderOutput, SSLHubPreTrainedModel, output_embedding
 from .momentum import enqueue, random_queue
-
-TEACHER_OUTPUTS = ("auto", "projection", "pooled", "logits", "cls", "mean")
-# Fields of a model output tried in order, per `TeacherAdapter.output`.
-_OUTPUT_FIELDS = {
-    "auto": ("projection", "pooler_output", "logits", "last_hidden_state"),
-    "projection": ("projection",),
-    "pooled": ("pooler_output", "last_hidden_state"),
-    "logits": ("logits",),
-    "cls": ("last_hidden_state",),
-    "mean": ("last_hidden_state",),
-}
 
 # State of `StudentForDistillation` outside the student encoder (queues, cluster head, target BN).
 _LOSS_STATE_KEYS = [
@@ -52,40 +40,6 @@ _LOSS_STATE_KEYS = [
     r"^cluster_head\.",
     r"^target_norm\.",
 ]
-
-
-def _reduce_to_embedding(tensor: torch.Tensor, how: str) -> torch.Tensor:
-    """(N, D) as is; tokens (N, L, D) -> first token (`"cls"`) or their mean; maps (N, C, h, w) -> spatial mean."""
-    if tensor.ndim == 2:
-        return tensor
-    if tensor.ndim == 3:
-        return tensor[:, 0] if how == "cls" else tensor.mean(dim=1)
-    if tensor.ndim == 4:
-        return tensor.mean(dim=(2, 3))
-    raise ValueError(f"cannot turn a teacher output of shape {tuple(tensor.shape)} into (N, D) embeddings")
-
-
-def teacher_output_to_embedding(output, how: str = "auto") -> torch.Tensor:
-    """Pick the (N, D) embedding out of a teacher's output.
-
-    Args:
-        output: a tensor, a `ModelOutput` / dict, or a tuple (its first element is used).
-        how: `"auto"` (the first present of `projection`, `pooler_output`, `logits`, mean of
-            `last_hidden_state`), `"projection"`, `"pooled"` (`pooler_output`, else mean of
-            `last_hidden_state`), `"logits"`, `"cls"` (first token) or `"mean"` (mean of the tokens / map).
-    """
-    check_choice("how", how, TEACHER_OUTPUTS)
-    if isinstance(output, torch.Tensor):
-        return _reduce_to_embedding(output, how)
-    if isinstance(output, Mapping) or hasattr(output, "__dataclass_fields__"):
-        for field in _OUTPUT_FIELDS[how]:
-            value = output.get(field) if isinstance(output, Mapping) else getattr(output, field, None)
-            if value is not None:
-                return _reduce_to_embedding(value, how)
-        raise ValueError(f"the teacher's output has none of {list(_OUTPUT_FIELDS[how])} (how={how!r})")
-    if isinstance(output, (tuple, list)) and output:
-        return teacher_output_to_embedding(output[0], how)
-    raise TypeError(f"cannot read an embedding from a teacher output of type {type(output).__name__}")
 
 
 def _is_timm_model(model: nn.Module) -> bool:
@@ -99,7 +53,7 @@ class TeacherAdapter(nn.Module):
 
     Args:
         model: an sslhub model (`projection` / `pooler_output`), a timm model or a transformers image model.
-        output: which embedding to return (see `teacher_output_to_embedding`). For a timm model `"pooled"`
+        output: which embedding to return (see `output_embedding`). For a timm model `"pooled"`
             is its pre-logits feature (`forward_head(..., pre_logits=True)`) and `"logits"` its classifier
             output; `"auto"` calls the model as is.
         embedding_dim: width D of the embedding, when known.
@@ -117,7 +71,7 @@ class TeacherAdapter(nn.Module):
         image_size: int | None = None,
     ) -> None:
         super().__init__()
-        check_choice("output", output, TEACHER_OUTPUTS)
+        check_choice("output", output, EMBEDDINGS)
         self.model = model
         self.output = output
         self.embedding_dim = embedding_dim
@@ -139,7 +93,7 @@ class TeacherAdapter(nn.Module):
         if self.output in ("pooled", "logits") and _is_timm_model(self.model):
             features = self.model.forward_features(pixel_values)
             return self.model.forward_head(features, pre_logits=self.output == "pooled")
-        return teacher_output_to_embedding(self.model(pixel_values), self.output)
+        return output_embedding(self.model(pixel_values), self.output)
 
 
 StudentModelOutput = EncoderOutput  # pooler_output, projection (matched to the teacher), last_hidden_state
@@ -210,7 +164,7 @@ class StudentForDistillation(StudentPreTrainedModel):
     4. the embeddings of all processes are enqueued, replacing the oldest.
 
     The teacher: any module returning an (N, teacher_dim) tensor, or an sslhub / timm / transformers model,
-    which is wrapped in `TeacherAdapter` (see `sslhub.distillation.load_teacher`). It is frozen, kept in eval
+    which is wrapped in `TeacherAdapter` (see `sslhub.training.load_teacher`). It is frozen, kept in eval
     mode and held outside the module tree, so it is absent from `state_dict()`, `parameters()`,
     `save_pretrained` and DDP. Device placement: `.to()` / `.cuda()` / `.half()` of this model apply to the
     teacher too; should the teacher sit elsewhere, its inputs are moved to its device and its embeddings back.
@@ -340,7 +294,7 @@ class StudentForDistillation(StudentPreTrainedModel):
             if pseudo_labels is None:
                 raise ValueError(
                     "loss='cluster' needs `pseudo_labels`: the k-means cluster of each image's teacher "
-                    "embedding (see `sslhub.distillation.kmeans` and `assign_clusters`)"
+                    "embedding (see `sslhub.training.kmeans` and `assign_clusters`)"
                 )
             logits = self.cluster_head(student)  # (N, num_clusters)
             loss = cluster_cross_entropy(logits, pseudo_labels)
@@ -401,5 +355,4 @@ __all__ = [
     "StudentModel",
     "StudentPreTrainedModel",
     "TeacherAdapter",
-    "teacher_output_to_embedding",
 ]

@@ -7,6 +7,7 @@
 - `checkpoint`: atomic checkpoints with exact resume (`Checkpointer`).
 - `tracking`: progress bar, tracker logs, NaN stop, throughput (`RunLogger`).
 - `monitor`: the kNN monitor.
+- `teacher`: the frozen teacher of distillation and its input adapter; `kmeans`: clustering pseudo-labels.
 - `final`: the end of a run (`publish_final_model`).
 """
 
@@ -14,12 +15,20 @@ from .accelerator import create_accelerator
 from .arguments import TrainingArguments, parse_args, save_arguments, saved_model_config, setting
 from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
 from .final import command_line, publish_final_model, save_final_model
+from .kmeans import assign_clusters, kmeans
 from .loader import MicroBatch, RunLength, TwoViews, micro_batches, pretraining_loader, set_loader_epoch
 from .monitor import KNNMonitor
 from .optim import LARS, cosine_lr, create_optimizer, learning_rate_at, scaled_lr, set_lr, step_lr
+from .teacher import Renormalize, check_teacher, load_teacher, renormalize_for_teacher
 from .tracking import LossWatch, NonFiniteLossError, RunLogger, Throughput, peak_memory_mb
 
 __all__ = [
+    "Renormalize",
+    "assign_clusters",
+    "check_teacher",
+    "kmeans",
+    "load_teacher",
+    "renormalize_for_teacher",
     "Checkpointer",
     "KNNMonitor",
     "LARS",

@@ -1,0 +1,49 @@
+"""Evaluating self-supervised features with the field's protocols.
+
+- `reference`: load any model by name (sslhub, `timm:<name>`, transformers) with its preprocessing.
+- `features`: features of a whole dataset, gathered across processes; the cache of computed tensors.
+- `knn`: weighted kNN (InstDisc). `linear`: the linear probe on frozen features.
+- `finetune`: a new linear head on any model; classifier accuracy.
+- `results`: `results.json` and the model card's `model-index`. `plots`: embedding maps, retrieval grids,
+  training curves.
+"""
+
+from .features import cache_key, cached_features, cached_tensors, extract_features
+from .finetune import LinearClassifier, classifier_accuracy, classifier_logits, load_classifier
+from .knn import knn_accuracy, knn_predict, nearest_neighbours
+from .linear import LinearProbeResult, linear_probe
+from .reference import (
+    TIMM_PREFIX,
+    ModelReference,
+    check_model,
+    embed,
+    load_encoder,
+    load_model,
+)
+from .results import card_eval_results, metric_name, update_model_card, write_results
+
+__all__ = [
+    "TIMM_PREFIX",
+    "LinearClassifier",
+    "LinearProbeResult",
+    "ModelReference",
+    "cache_key",
+    "cached_features",
+    "cached_tensors",
+    "card_eval_results",
+    "check_model",
+    "classifier_accuracy",
+    "classifier_logits",
+    "embed",
+    "extract_features",
+    "knn_accuracy",
+    "knn_predict",
+    "linear_probe",
+    "load_classifier",
+    "load_encoder",
+    "load_model",
+    "metric_name",
+    "nearest_neighbours",
+    "update_model_card",
+    "write_results",
+]
