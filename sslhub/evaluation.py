@@ -654,7 +654,7 @@ def update_model_card(folder: str | os.PathLike, entries: list[dict[str, Any]]) 
         False, and changes nothing, when `sslhub.hub` is not available.
     """
     try:
-        from .hub import update_card_eval_results
+        from .hub.cards import update_card_eval_results
     except ImportError:
         return False
     update_card_eval_results(folder, entries)

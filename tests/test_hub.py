@@ -337,7 +337,7 @@ def test_push_uploads_through_hf_endpoint(published, tmp_path, monkeypatch):
     hub.write_model_card(folder, model_name="tiny", family="MoCo v2", paper="moco-v2")
     FakeHfApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
-    monkeypatch.setattr(hub, "check_can_push", lambda token=None: "hf_token")
+    monkeypatch.setattr(hub.publish, "check_can_push", lambda token=None: "hf_token")
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.com/")
     hub.push_to_hub(folder, "me/tiny", private=True, include_timm=True)
     assert FakeHfApi.calls[0] == ("init", "https://hub.example.com", "hf_token")
