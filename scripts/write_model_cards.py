@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from sslhub.hub import write_model_card
+from sslhub.hub.cards import write_model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = ROOT / "model_cards"

@@ -55,7 +55,7 @@ model.safetensors, README.md). Small-input (CIFAR) stems cannot be exported: tim
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .hub import convert_checkpoint
+    from .hub.convert import convert_checkpoint
 
     kwargs = json.loads(args.backbone_kwargs) if args.backbone_kwargs else None
     out = convert_checkpoint(
@@ -72,7 +72,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import hub_endpoint, push_to_hub
+    from .hub.publish import hub_endpoint, push_to_hub
 
     plan = push_to_hub(
         args.folder,
@@ -98,7 +98,7 @@ def _push(args: argparse.Namespace) -> int:
 def _card(args: argparse.Namespace) -> int:
     from huggingface_hub import ModelCard
 
-    from .hub import merge_eval_results, update_card_eval_results, write_model_card
+    from .hub.cards import merge_eval_results, update_card_eval_results, write_model_card
 
     folder = Path(args.folder)
     results = json.loads(Path(args.results).read_text()) if args.results else []
@@ -137,7 +137,7 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .hub import embed_images
+    from .embed import embed_images
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -155,7 +155,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .hub import describe_model
+    from .hub.folders import describe_model
 
     info = describe_model(args.model)
     if args.json:
@@ -197,7 +197,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export_timm(args: argparse.Namespace) -> int:
-    from .hub import export_timm
+    from .hub.timm_export import export_timm
 
     out = export_timm(args.model, args.output_dir, license=args.license, source_repo_id=args.source_repo_id)
     print(f"wrote {out}: load with timm.create_model('local-dir:{out}', pretrained=True)")
@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `sslhub` command; returns the exit status (1 with a one-line message on a user error)."""
     args = build_parser().parse_args(argv)
-    from .hub import CheckpointError, HubError
+    from .hub.convert import CheckpointError
+    from .hub.publish import HubError
 
     try:
         return args.func(args)

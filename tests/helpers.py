@@ -8,6 +8,9 @@ from pathlib import Path
 
 from sslhub import MoCoConfig
 
+REPO_ID = "sslhub-test/tiny-moco"
+"""The Hub id under which the tests publish their tiny MoCo model (offline, in a local cache)."""
+
 
 def tiny_moco_v2(**overrides) -> MoCoConfig:
     settings = dict(

@@ -11,8 +11,9 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoImageProcessor
 
-from sslhub import MoCoModel, hub
+from sslhub import MoCoModel
 from sslhub.cli import main
+from sslhub.embed import load_embeddings
 
 from .helpers import tiny_moco_v2
 
@@ -65,7 +66,7 @@ def test_embed_a_folder_of_images(model_folder, tmp_path):
         assert (
             main(["embed", str(model_folder), str(images), "-o", str(output), "--batch-size", "2", "-q"]) == 0
         )
-    embeddings, files = hub.load_embeddings(output)
+    embeddings, files = load_embeddings(output)
     assert sorted(files) == sorted(names) and embeddings.shape == (5, 96)
 
     model = MoCoModel.from_pretrained(model_folder).eval()
@@ -80,7 +81,7 @@ def test_embed_a_folder_of_images(model_folder, tmp_path):
     npz = tmp_path / "emb.npz"
     with pytest.warns(UserWarning, match="broken.jpg"):
         main(["embed", str(model_folder), str(images), "-o", str(npz), "--output-key", "projection", "-q"])
-    projections, npz_files = hub.load_embeddings(npz)
+    projections, npz_files = load_embeddings(npz)
     assert npz_files == files and projections.shape == (5, 16)
 
 

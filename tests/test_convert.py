@@ -9,7 +9,8 @@ import torchvision
 from huggingface_hub import ModelCard
 from torch import nn
 
-from sslhub import MoCoModel, hub
+from sslhub import MoCoModel
+from sslhub.hub import convert, convert_moco_v3
 
 
 def _randomize_batch_norm(model: nn.Module) -> None:
@@ -91,7 +92,7 @@ def test_moco_v1_v2_conversion_matches_the_authors_backbone(tmp_path, version, d
         path, {"encoder_q": encoder_q, "encoder_k": moco_v1_v2_encoder(version)}, extra, ddp, arch
     )
 
-    out = hub.convert_checkpoint(path, tmp_path / "converted")
+    out = convert.convert_checkpoint(path, tmp_path / "converted")
     model = MoCoModel.from_pretrained(out).eval()
     assert model.config.version == version and model.config.backbone == "resnet18"
     assert model.config.queue_size == 64 and model.config.projection_dim == 32
@@ -118,7 +119,7 @@ def test_moco_v3_resnet_conversion(tmp_path):
         path, {"base_encoder": base_encoder, "momentum_encoder": momentum_encoder}, extra, True, "resnet18"
     )
 
-    model = MoCoModel.from_pretrained(hub.convert_checkpoint(path, tmp_path / "converted")).eval()
+    model = MoCoModel.from_pretrained(convert.convert_checkpoint(path, tmp_path / "converted")).eval()
     config = model.config
     assert (config.version, config.projector_num_layers, config.projector_hidden_size) == ("v3", 2, 48)
     assert config.projector_batch_norm and config.projector_last_batch_norm
@@ -140,7 +141,7 @@ def test_moco_v3_vit_conversion(tmp_path):
     path = tmp_path / "vit-test.pth.tar"
     write_checkpoint(path, {"base_encoder": vit}, {}, False, "vit_test")
 
-    out = hub.convert_checkpoint(path, tmp_path / "converted", backbone="test_vit")
+    out = convert.convert_checkpoint(path, tmp_path / "converted", backbone="test_vit")
     model = MoCoModel.from_pretrained(out).eval()
     assert model.config.backbone_kwargs == {"img_size": 32, "patch_size": 8}
     assert model.config.image_size == 32 and model.config.projector_num_layers == 3
@@ -161,19 +162,19 @@ def test_moco_v3_vit_names():
         }
 
     # MoCo v3's vit_small has 12 heads where timm's has 6: the converter must keep the authors' 12.
-    assert hub._vit_backbone(shapes(384), "base_encoder.", "vit_small") == (
+    assert convert_moco_v3._vit_backbone(shapes(384), "base_encoder.", "vit_small") == (
         "vit_small_patch16_224",
         {"num_heads": 12, "img_size": 224, "patch_size": 16},
     )
-    assert hub._vit_backbone(shapes(768), "base_encoder.", None)[0] == "vit_base_patch16_224"
-    with pytest.raises(hub.CheckpointError, match="pass --backbone"):
-        hub._vit_backbone(shapes(64), "base_encoder.", "vit_test")
+    assert convert_moco_v3._vit_backbone(shapes(768), "base_encoder.", None)[0] == "vit_base_patch16_224"
+    with pytest.raises(convert.CheckpointError, match="pass --backbone"):
+        convert_moco_v3._vit_backbone(shapes(64), "base_encoder.", "vit_test")
 
 
 def test_converted_folder_has_card_and_remote_code(tmp_path):
     path = tmp_path / "moco_v2.pth.tar"
     write_checkpoint(path, {"encoder_q": moco_v1_v2_encoder("v2")}, {}, True, None)
-    out = hub.convert_checkpoint(path, tmp_path / "moco-v2-r18")
+    out = convert.convert_checkpoint(path, tmp_path / "moco-v2-r18")
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-feature-extraction"
     assert "sslhub convert moco_v2.pth.tar moco-v2-r18" in card.text
@@ -187,30 +188,30 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "notes.pth.tar"
     path.write_text("not a checkpoint")
     with pytest.raises(
-        hub.CheckpointError, match="torch.load\\(weights_only=True\\).*encoder_q.*base_encoder"
+        convert.CheckpointError, match="torch.load\\(weights_only=True\\).*encoder_q.*base_encoder"
     ):
-        hub.convert_checkpoint(path, tmp_path / "out")
+        convert.convert_checkpoint(path, tmp_path / "out")
 
 
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "args.pth.tar"
     torch.save({"state_dict": {}, "args": nn.Linear(2, 2)}, path)  # a module needs full unpickling
-    with pytest.raises(hub.CheckpointError, match="weights_only=True"):
-        hub.read_checkpoint(path)
+    with pytest.raises(convert.CheckpointError, match="weights_only=True"):
+        convert.read_checkpoint(path)
 
 
 def test_unknown_layout_names_the_expected_ones(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"state_dict": {"backbone.stem.weight": torch.zeros(1)}}, path)
     with pytest.raises(
-        hub.CheckpointError, match="unknown checkpoint layout.*backbone.stem.weight.*encoder_q"
+        convert.CheckpointError, match="unknown checkpoint layout.*backbone.stem.weight.*encoder_q"
     ):
-        hub.convert_checkpoint(path, tmp_path / "out")
+        convert.convert_checkpoint(path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_wrong_backbone_is_a_clear_error(tmp_path):
     path = tmp_path / "ckpt.pth.tar"
     write_checkpoint(path, {"encoder_q": moco_v1_v2_encoder("v2")}, {}, True, None)
-    with pytest.raises(hub.CheckpointError, match="does not fit resnet34"):
-        hub.convert_checkpoint(path, tmp_path / "out", arch="resnet34")
+    with pytest.raises(convert.CheckpointError, match="does not fit resnet34"):
+        convert.convert_checkpoint(path, tmp_path / "out", arch="resnet34")

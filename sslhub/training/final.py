@@ -31,7 +31,7 @@ def publish_final_model(args, model: nn.Module, card: dict[str, Any], metrics: d
     print(check_reload(final, model))
     print(report_final_folder(final, metrics))
     if args.push_to_hub:
-        from ..hub import push_to_hub
+        from ..hub.publish import push_to_hub
 
         push_to_hub(final, args.hub_model_id or name)
     return final
@@ -45,7 +45,8 @@ def save_final_model(model: nn.Module, output_dir: str | Path, card: dict[str, A
         output_dir: the run's output folder.
         card: keyword arguments for `sslhub.hub.write_model_card` (model name, paper, metrics, command).
     """
-    from ..hub import add_remote_code, write_model_card
+    from ..hub.cards import write_model_card
+    from ..hub.remote_code import add_remote_code
 
     final = Path(output_dir) / "final"
     model.save_pretrained(final)

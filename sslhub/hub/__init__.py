@@ -1,0 +1,73 @@
+"""Sharing sslhub models: model cards, pushing to the Hub, timm export, remote code and checkpoint converters.
+
+Everything here works on saved model folders (`save_pretrained` output), so it serves every
+`SSLHubPreTrainedModel` family. A published folder loads four ways: `sslhub` + `AutoModel`,
+`AutoModel(..., trust_remote_code=True)` without sslhub (see `add_remote_code`), timm for the backbone
+(see `export_timm`) and `pipeline("image-feature-extraction")`.
+
+One module per capability: `folders` (resolving and describing a folder), `remote_code`, `cards`,
+`timm_export`, `publish` (pushing) and the checkpoint converters, `convert` (shared part and dispatch),
+`convert_moco` (MoCo v1/v2) and `convert_moco_v3`. The public names are re-exported here.
+"""
+
+from .cards import (
+    FAMILIES,
+    PAPERS,
+    REPO_ID_PLACEHOLDER,
+    TEMPLATE_PATH,
+    merge_eval_results,
+    update_card_eval_results,
+    write_model_card,
+)
+from .convert import (
+    CheckpointError,
+    convert_checkpoint,
+    detect_layout,
+    moco_checkpoint_to_model,
+    read_checkpoint,
+)
+from .folders import describe_model, resolve_model_dir
+from .publish import HubError, check_can_push, hub_endpoint, push_to_hub
+from .remote_code import add_remote_code, remote_code_files
+from .timm_export import export_timm
+
+# Embedding a folder of images moved to `sslhub.embed`; these names stay importable from here. They are
+# resolved on first use: `sslhub.embed` imports `sslhub.hub.folders` and the data module.
+_EMBED_NAMES = ("embed_images", "list_images", "load_embeddings")
+
+
+def __getattr__(name: str):
+    """The embedding functions of `sslhub.embed`, under their old `sslhub.hub` names."""
+    if name in _EMBED_NAMES:
+        from .. import embed
+
+        return getattr(embed, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "FAMILIES",
+    "PAPERS",
+    "REPO_ID_PLACEHOLDER",
+    "TEMPLATE_PATH",
+    "CheckpointError",
+    "HubError",
+    "add_remote_code",
+    "check_can_push",
+    "convert_checkpoint",
+    "describe_model",
+    "detect_layout",
+    "embed_images",
+    "export_timm",
+    "hub_endpoint",
+    "list_images",
+    "load_embeddings",
+    "merge_eval_results",
+    "moco_checkpoint_to_model",
+    "push_to_hub",
+    "read_checkpoint",
+    "remote_code_files",
+    "resolve_model_dir",
+    "update_card_eval_results",
+    "write_model_card",
+]
