@@ -1,0 +1,48 @@
+"""Settings and checks shared by every sslhub config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PretrainedConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_choice(field: str, value, allowed: Sequence) -> None:
+    """Raise a `ValueError` naming `field` and the allowed values unless `value` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_positive(field: str, value) -> None:
+    """Raise a `ValueError` naming `field` unless `value` is a number > 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{field} must be a positive number, got {value!r}")
+
+
+class SSLHubConfig(PretrainedConfig):
+    """Base of the sslhub configs: the input settings every model is trained with.
+
+    They become the image processor saved next to the weights. Fields:
+        image_size: side of the square input the model was trained on.
+        image_mean / image_std: per-channel normalization applied to RGB values in [0, 1].
+        crop_pct: at inference the image is resized to `image_size / crop_pct`, then centre-cropped.
+    """
+
+    image_size: int = 224
+    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_positive("image_size", self.image_size)
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if len(value) != 3:
+                raise ValueError(f"{name} must have 3 values (R, G, B), got {value!r}")
+            setattr(self, name, [float(v) for v in value])

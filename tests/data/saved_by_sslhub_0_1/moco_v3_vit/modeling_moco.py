@@ -1,0 +1,258 @@
+"""MoCo as Hugging Face models: momentum contrast (He et al. 2020), v2 (Chen et al. 2020), v3 (Chen, Xie, He 2021).
+
+- `MoCoModel`: the query encoder (backbone + projector), what downstream code loads.
+- `MoCoForPreTraining`: query and key (momentum) encoders, the key queue and the InfoNCE loss.
+- `MoCoForImageClassification`: the encoder with a linear head, for linear probing or fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .backbones import create_backbone
+from .configuration_moco import MoCoConfig
+from .distributed import gather_without_grad, rank, shuffle_batch, unshuffle_batch
+from .heads import MLPHead, projection_head
+from .losses import info_nce_in_batch, info_nce_with_queue
+from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
+from .momentum import enqueue, momentum_update
+
+MoCoModelOutput = EncoderOutput  # pooler_output, projection, last_hidden_state
+
+
+@dataclass
+class MoCoForPreTrainingOutput(ModelOutput):
+    """Output of `MoCoForPreTraining`.
+
+    Args:
+        loss: the InfoNCE loss (averaged over both view orders with `symmetric_loss`).
+        logits: (N, 1 + K) logits of the first view order; the positive is column 0 with a queue,
+            column `rank * N + i` for in-batch keys.
+        query_embeddings: (N, D) L2-normalized queries of the first view.
+        key_embeddings: (N, D) L2-normalized keys of the second view (no gradient).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    query_embeddings: torch.Tensor | None = None
+    key_embeddings: torch.Tensor | None = None
+
+
+@dataclass
+class MoCoImageClassifierOutput(ModelOutput):
+    """Output of `MoCoForImageClassification`: `loss` (with `labels`), `logits` (N, num_labels), `pooler_output`."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+
+
+class MoCoPreTrainedModel(SSLHubPreTrainedModel):
+    """Base class of the MoCo models: the config class and the prefix of the query encoder's weights."""
+
+    config_class = MoCoConfig
+    base_model_prefix = "query_encoder"
+    # Loading an encoder from a pre-training checkpoint leaves out the key branch: not worth a warning.
+    _keys_to_ignore_on_load_unexpected = [r"key_encoder\.", r"^queue", r"^predictor\."]
+
+
+class MoCoModel(EncoderMixin, MoCoPreTrainedModel):
+    """The MoCo query encoder: a timm backbone and (optionally) the projection head.
+
+    Backbone weights sit under `backbone.`; stripped of that prefix they load into
+    `timm.create_model(config.backbone, num_classes=0)`.
+    """
+
+    def __init__(self, config: MoCoConfig) -> None:
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone, config.backbone_kwargs, config.small_input_stem)
+        self.num_features = self.backbone.num_features
+        self.projector = projection_head(
+            self.num_features,
+            config.projector_num_layers,
+            config.projector_hidden_size,
+            config.projection_dim,
+            config.projector_batch_norm,
+            config.projector_last_batch_norm,
+        )
+        self.post_init()
+
+
+class MoCoForPreTraining(MoCoPreTrainedModel):
+    """MoCo pre-training: query encoder (+ predictor for v3), key (momentum) encoder, key queue, InfoNCE.
+
+    Each call of `forward` in training mode is one MoCo step for the two views:
+    1. the key encoder is updated as the EMA of the query encoder (before keys are computed);
+    2. keys are computed without gradient (with shuffle-BN across processes when configured);
+    3. InfoNCE against the queue (v1/v2) or the gathered in-batch keys (v3), both view orders if symmetric;
+    4. the keys of all processes are enqueued, replacing the oldest (v1/v2).
+
+    The key encoder starts as an exact copy of the query encoder and never receives gradients.
+    """
+
+    # Filled by `_init_extra_state` (copied from the query encoder, a fresh queue) when a checkpoint lacks them.
+    _keys_to_ignore_on_load_missing = [r"^key_encoder\.", r"^queue"]
+
+    def __init__(self, config: MoCoConfig) -> None:
+        super().__init__(config)
+        self.query_encoder = MoCoModel(config)
+        if self.query_encoder.projector is None:
+            raise ValueError("MoCoForPreTraining needs a projector: set projector_num_layers >= 1")
+        self.predictor = None
+        if config.predictor_num_layers > 0:
+            self.predictor = MLPHead(
+                config.projection_dim,
+                config.predictor_hidden_size,
+                config.projection_dim,
+                num_layers=config.predictor_num_layers,
+                batch_norm=True,
+                last_batch_norm=config.predictor_last_batch_norm,
+            )
+        self.key_encoder = copy.deepcopy(self.query_encoder)
+        self.key_encoder.requires_grad_(False)
+        self.momentum = config.momentum  # the recipe may schedule it
+        if config.has_queue:
+            queue = F.normalize(torch.randn(config.queue_size, config.projection_dim), dim=1)
+            self.register_buffer("queue", queue)  # (K, D), L2-normalized keys, oldest at queue_ptr
+            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        else:
+            self.queue = self.queue_ptr = None
+        self.post_init()
+
+    def _init_extra_state(self) -> None:
+        # Runs after the submodules: copy the query encoder into key-encoder tensors the checkpoint lacked
+        # (e.g. when pre-training starts from a `MoCoModel` folder), and draw a fresh queue if it was missing.
+        for key_param, query_param in zip(
+            self.key_encoder.state_dict(keep_vars=True).values(),
+            self.query_encoder.state_dict(keep_vars=True).values(),
+            strict=True,
+        ):
+            init.copy_(key_param, query_param)
+        self.key_encoder.requires_grad_(False)
+        if self.queue is not None:
+            if not getattr(self.queue, "_is_hf_initialized", False):
+                self.queue.copy_(F.normalize(torch.randn_like(self.queue), dim=1))
+            init.zeros_(self.queue_ptr)
+
+    @torch.no_grad()
+    def copy_query_to_key_encoder(self) -> None:
+        """Make the key encoder an exact copy of the query encoder (weights and BN statistics)."""
+        self.key_encoder.load_state_dict(self.query_encoder.state_dict())
+
+    def _queries(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        query = self.query_encoder(pixel_values).projection
+        if self.predictor is not None:
+            query = self.predictor(query)
+        return F.normalize(query, dim=1)
+
+    @torch.no_grad()
+    def _keys(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        shuffle = self.config.key_batch_norm == "shuffle" and self.training
+        if shuffle:
+            pixel_values, unshuffle_index = shuffle_batch(pixel_values)
+        key = F.normalize(self.key_encoder(pixel_values).projection, dim=1)
+        if shuffle:
+            key = unshuffle_batch(key, unshuffle_index)
+        return key
+
+    def _contrast(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.queue is not None:
+            return info_nce_with_queue(query, key, self.queue.clone().detach(), self.config.temperature)
+        keys = gather_without_grad(key)
+        return info_nce_in_batch(
+            query, keys, self.config.temperature, positive_offset=rank() * query.shape[0]
+        )
+
+    def forward(
+        self,
+        query_pixel_values: torch.Tensor,
+        key_pixel_values: torch.Tensor,
+        update_key_encoder: bool | None = None,
+        enqueue_keys: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MoCoForPreTrainingOutput | tuple:
+        """One MoCo step on two augmented views of the same images.
+
+        Args:
+            query_pixel_values: (N, 3, H, W) first views.
+            key_pixel_values: (N, 3, H, W) second views.
+            update_key_encoder: apply the momentum update first; defaults to `self.training`. With gradient
+                accumulation, pass True only on the first micro-batch of an optimizer step.
+            enqueue_keys: enqueue this batch's keys afterwards; defaults to `update_key_encoder`.
+        """
+        update = self.training if update_key_encoder is None else update_key_encoder
+        enqueue_keys = update if enqueue_keys is None else enqueue_keys
+        if update:
+            momentum_update(self.key_encoder, self.query_encoder, self.momentum)
+
+        query = self._queries(query_pixel_values)
+        key = self._keys(key_pixel_values)
+        loss, logits = self._contrast(query, key)
+        new_keys = key
+        if self.config.symmetric_loss:
+            query_2 = self._queries(key_pixel_values)
+            key_2 = self._keys(query_pixel_values)
+            loss_2, _ = self._contrast(query_2, key_2)
+            # v3 sums the two orders (each scaled by 2T); with a queue the two orders are averaged.
+            loss = loss + loss_2 if self.queue is None else (loss + loss_2) / 2
+            new_keys = torch.cat([key, key_2])
+
+        if enqueue_keys and self.queue is not None:
+            enqueue(self.queue, self.queue_ptr, gather_without_grad(new_keys))
+
+        output = MoCoForPreTrainingOutput(
+            loss=loss, logits=logits, query_embeddings=query, key_embeddings=key
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class MoCoForImageClassification(MoCoPreTrainedModel):
+    """MoCo encoder with a linear classifier on the pooled embedding (linear probe or fine-tuning).
+
+    Loads the encoder from any MoCo checkpoint (`MoCoModel` or `MoCoForPreTraining`); the classifier
+    is new, and the projection head is dropped (the classifier reads the pooled embedding, as in the
+    papers' linear evaluation). For a linear probe, freeze the encoder with `freeze_encoder()` and keep it
+    in eval mode.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [
+        *MoCoPreTrainedModel._keys_to_ignore_on_load_unexpected,
+        r"projector\.",
+    ]
+
+    def __init__(self, config: MoCoConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.query_encoder = MoCoModel(config)
+        self.query_encoder.projector = None
+        self.classifier = nn.Linear(self.query_encoder.num_features, config.num_labels)
+        self.post_init()
+
+    def freeze_encoder(self) -> None:
+        """Freeze the encoder: only the linear classifier is trained (linear probe)."""
+        self.query_encoder.requires_grad_(False)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MoCoImageClassifierOutput | tuple:
+        """Classify images; with `labels` (N,), also return the cross-entropy loss."""
+        pooled = self.query_encoder(pixel_values).pooler_output
+        logits = self.classifier(pooled)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        output = MoCoImageClassifierOutput(loss=loss, logits=logits, pooler_output=pooled)
+        return output if return_dict is not False else output.to_tuple()
+
+
+__all__ = ["MoCoForImageClassification", "MoCoForPreTraining", "MoCoModel", "MoCoPreTrainedModel"]
