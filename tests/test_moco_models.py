@@ -371,7 +371,8 @@ def test_split_shuffle_bn_keys_are_those_of_their_own_sub_batch():
         for chunk in permutation.chunk(4):  # each sub-batch of the shuffled batch gets its own BN statistics
             expected[chunk] = F.normalize(reference(x2[chunk]).projection, dim=1)
         whole_batch = F.normalize(reference(x2).projection, dim=1)
-    torch.testing.assert_close(keys, expected, rtol=1e-5, atol=1e-6)  # row i is the key of image i
+    # Row i is the key of image i; the one-forward split BatchNorm rounds differently from a BatchNorm.
+    torch.testing.assert_close(keys, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(keys, whole_batch, atol=1e-3)  # the statistics did change
     # The same seed gives the same keys: reproducible from the RNG state.
     torch.manual_seed(3)

@@ -165,7 +165,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
             return F.normalize(self.key_encoder(images).projection, dim=1)  # (n, D)
 
         if self.training and self.config.key_batch_norm == "shuffle":
-            return shuffle_bn(encode, pixel_values, self.config.shuffle_bn_splits)
+            return shuffle_bn(encode, pixel_values, self.config.shuffle_bn_splits, module=self.key_encoder)
         return encode(pixel_values)
 
     def _contrast(self, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
