@@ -48,6 +48,7 @@ from sslhub.training import (
     RunLogger,
     TrainingArguments,
     TwoViews,
+    ViewsAhead,
     check_teacher,
     command_line,
     create_accelerator,
@@ -246,7 +247,9 @@ def main(args: DistillArguments) -> dict[str, float]:
     # Data: the MoCo views; the student trains on the query view, the teacher sees it too (or the key view).
     image = (config.image_size, config.image_mean, config.image_std, args.min_crop_scale)
     loader = pretraining_loader(args, accelerator, args.augmentation, *image)
-    views = TwoViews(args, args.augmentation, *image)  # batched augmentation: views made on the device
+    views = TwoViews(
+        args, args.augmentation, *image, device=accelerator.device
+    )  # batched: made on the device
     length = RunLength.of(args, loader)
     if config.loss == "cluster":  # the number of k-means clusters must fit the dataset
         config = with_cluster_count(args, config, num_images=len(loader.dataset))
@@ -273,6 +276,8 @@ def main(args: DistillArguments) -> dict[str, float]:
         model = StudentForDistillation(config)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.compile()  # in place: the state dict, hence checkpoints and the final model, keep their names
 
     # Teacher outputs of un-augmented images are computed once and cached; otherwise it runs every step.
     cached_embeddings = pseudo_labels = None
@@ -306,13 +311,14 @@ def main(args: DistillArguments) -> dict[str, float]:
         metrics["knn_top1_random_init"] = monitor(unwrapped.student)
         accelerator.print(f"kNN top-1 before training: {metrics['knn_top1_random_init']:.4f}")
     logger = RunLogger(accelerator, args, length, checkpointer, name="distill")
+    # Each micro-batch with its views; with --prefetch the next views are made while this step runs.
+    batches = ViewsAhead(views, accelerator, args.seed, ahead=args.prefetch, timed=logger.timed)
 
     model.train()
-    for micro in micro_batches(loader, accelerator, length, step):
+    for micro, images, other_view in batches(micro_batches(loader, accelerator, length, step)):
         if micro.first:  # this optimizer step's learning rate
             lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
             set_lr(optimizer, lr)
-        images, other_view = views(micro.batch, micro.generator(accelerator, args.seed))
         teacher_inputs = {}
         if pseudo_labels is not None:
             teacher_inputs["pseudo_labels"] = pseudo_labels[micro.batch["index"].cpu()].to(images.device)
@@ -325,26 +331,29 @@ def main(args: DistillArguments) -> dict[str, float]:
             teacher_inputs["teacher_pixel_values"] = to_teacher(view)
         with accelerator.accumulate(model):
             # Queues (seed, compress) take the embeddings of every process, as MoCo's key queue does.
-            output = model(pixel_values=images, **teacher_inputs)
-            accelerator.backward(output.loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with logger.timed("forward_backward"):  # the teacher's forward included
+                output = model(pixel_values=images, **teacher_inputs)
+                accelerator.backward(output.loss)
+            with logger.timed("optimizer"):
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         logger.update(output.loss, micro.batch)
         if not micro.last:
             continue
 
         step += 1
-        logger.step(step, lr=lr)
-        at_end = step == length.total_steps
-        with logger.paused():  # monitor and checkpoint time is not training throughput
-            if monitor is not None and (step % args.knn_steps == 0 or at_end):
-                metrics["knn_top1"] = monitor(unwrapped.student)
-                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
-            if step % args.save_steps == 0 or at_end:
-                logger.check_finite(step)  # a NaN loss stops the run before it is saved
-                checkpointer.save(step)
+        with logger.timed("logging"):
+            logger.step(step, lr=lr)
+            at_end = step == length.total_steps
+            with logger.paused():  # monitor and checkpoint time is not training throughput
+                if monitor is not None and (step % args.knn_steps == 0 or at_end):
+                    metrics["knn_top1"] = monitor(unwrapped.student)
+                    logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
+                if step % args.save_steps == 0 or at_end:
+                    logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                    checkpointer.save(step)
     metrics = logger.summary(step)
 
     # The student encoder + image processor + model card naming the teacher; the teacher is not saved.

@@ -238,6 +238,8 @@ def main(args: ColorizationArguments) -> dict[str, float]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.compile()  # in place: the state dict, hence checkpoints and the final model, keep their names
 
     model.to(accelerator.device)  # the optimizer picks its kernels for the model's device
     # Optimizer; the learning rate is a pure function of the step (set inside the loop).
@@ -264,7 +266,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
         accelerator.get_tracker("tensorboard", unwrap=True).add_image("samples", grid, step)
 
     model.train()
-    for micro in micro_batches(loader, accelerator, length, step):
+    for micro in logger.timed.iterate(micro_batches(loader, accelerator, length, step), "data"):
         if micro.first:  # this optimizer step's learning rate
             # The grid of step N shows the model after N optimizer steps (step 0: random init).
             if samples is not None and step % args.sample_steps == 0:
@@ -275,26 +277,29 @@ def main(args: ColorizationArguments) -> dict[str, float]:
         if args.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
-            output = model(pixel_values=pixel_values)
-            accelerator.backward(output.loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with logger.timed("forward_backward"):
+                output = model(pixel_values=pixel_values)
+                accelerator.backward(output.loss)
+            with logger.timed("optimizer"):
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         logger.update(output.loss, micro.batch)
         if not micro.last:
             continue
 
         step += 1
-        logger.step(step, lr=lr)
-        at_end = step == length.total_steps
-        with logger.paused():  # monitor and checkpoint time is not training throughput
-            if monitor is not None and (step % args.knn_steps == 0 or at_end):
-                metrics["knn_top1"] = monitor(unwrapped.encoder)
-                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
-            if step % args.save_steps == 0 or at_end:
-                logger.check_finite(step)  # a NaN loss stops the run before it is saved
-                checkpointer.save(step)
+        with logger.timed("logging"):
+            logger.step(step, lr=lr)
+            at_end = step == length.total_steps
+            with logger.paused():  # monitor and checkpoint time is not training throughput
+                if monitor is not None and (step % args.knn_steps == 0 or at_end):
+                    metrics["knn_top1"] = monitor(unwrapped.encoder)
+                    logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
+                if step % args.save_steps == 0 or at_end:
+                    logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                    checkpointer.save(step)
     metrics = logger.summary(step)
     if samples is not None:
         sample(step)

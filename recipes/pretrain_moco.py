@@ -32,6 +32,7 @@ from sslhub.training import (
     RunLogger,
     TrainingArguments,
     TwoViews,
+    ViewsAhead,
     command_line,
     create_accelerator,
     create_optimizer,
@@ -161,7 +162,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
     augmentation = args.augmentation or args.version
     image = (config.image_size, config.image_mean, config.image_std, args.min_crop_scale)
     loader = pretraining_loader(args, accelerator, augmentation, *image)
-    views = TwoViews(args, augmentation, *image)  # batched augmentation: views made on the device
+    views = TwoViews(args, augmentation, *image, device=accelerator.device)  # batched: made on the device
     length = RunLength.of(args, loader)
 
     # Model: every process builds the same model (same seed), so query, key and queue start identical;
@@ -177,6 +178,8 @@ def main(args: MoCoArguments) -> dict[str, float]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model.compile()  # in place: the state dict, hence checkpoints and the final model, keep their names
 
     model.to(accelerator.device)  # the optimizer picks its kernels for the model's device
     # Optimizer; learning rate and momentum are pure functions of the step (set inside the loop).
@@ -197,9 +200,11 @@ def main(args: MoCoArguments) -> dict[str, float]:
         metrics["knn_top1_random_init"] = monitor(unwrapped.query_encoder)
         accelerator.print(f"kNN top-1 before training: {metrics['knn_top1_random_init']:.4f}")
     logger = RunLogger(accelerator, args, length, checkpointer, name="pretrain-moco")
+    # Each micro-batch with its views; with --prefetch the next views are made while this step runs.
+    batches = ViewsAhead(views, accelerator, args.seed, ahead=args.prefetch, timed=logger.timed)
 
     model.train()
-    for micro in micro_batches(loader, accelerator, length, step):
+    for micro, query, key in batches(micro_batches(loader, accelerator, length, step)):
         if micro.first:  # this optimizer step's learning rate and key-encoder momentum
             lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
             set_lr(optimizer, lr)
@@ -207,34 +212,37 @@ def main(args: MoCoArguments) -> dict[str, float]:
                 unwrapped.momentum = cosine_momentum(
                     step, length.total_steps, config.momentum, args.final_momentum
                 )
-        query, key = views(micro.batch, micro.generator(accelerator, args.seed))
+            with logger.timed("momentum"):  # once per optimizer step, before its keys are computed
+                unwrapped.update_key_encoder()
         with accelerator.accumulate(model):
-            # The key encoder moves once per optimizer step, before its keys are computed.
-            output = model(
-                query_pixel_values=query,
-                key_pixel_values=key,
-                update_key_encoder=micro.first,
-                enqueue_keys=True,
-            )
-            accelerator.backward(output.loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with logger.timed("forward_backward"):  # the keys' enqueue included
+                output = model(
+                    query_pixel_values=query,
+                    key_pixel_values=key,
+                    update_key_encoder=False,
+                    enqueue_keys=True,
+                )
+                accelerator.backward(output.loss)
+            with logger.timed("optimizer"):
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         logger.update(output.loss, micro.batch)
         if not micro.last:
             continue
 
         step += 1
-        logger.step(step, lr=lr, momentum=unwrapped.momentum)
-        at_end = step == length.total_steps
-        with logger.paused():  # monitor and checkpoint time is not training throughput
-            if monitor is not None and (step % args.knn_steps == 0 or at_end):
-                metrics["knn_top1"] = monitor(unwrapped.query_encoder)
-                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
-            if step % args.save_steps == 0 or at_end:
-                logger.check_finite(step)  # a NaN loss stops the run before it is saved
-                checkpointer.save(step)
+        with logger.timed("logging"):
+            logger.step(step, lr=lr, momentum=unwrapped.momentum)
+            at_end = step == length.total_steps
+            with logger.paused():  # monitor and checkpoint time is not training throughput
+                if monitor is not None and (step % args.knn_steps == 0 or at_end):
+                    metrics["knn_top1"] = monitor(unwrapped.query_encoder)
+                    logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
+                if step % args.save_steps == 0 or at_end:
+                    logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                    checkpointer.save(step)
     metrics = logger.summary(step)
 
     # The inference model (query encoder) + image processor + model card, ready to push.

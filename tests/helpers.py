@@ -1,6 +1,7 @@
 """What several test files share: tiny configurations (timm's `test_*` backbones, 32x32 images) and an
 offline Hugging Face cache."""
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -53,3 +54,24 @@ def fill_hub_cache(cache: Path, repo_id: str, folder: Path, repo_type: str = "mo
         link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
+
+
+# ATen operators whose result size or value the host must read: on a GPU each waits for the device.
+HOST_SYNC_OPS = frozenset(
+    {"aten.nonzero", "aten._local_scalar_dense", "aten.is_nonzero", "aten.masked_select"}
+)
+
+
+@contextlib.contextmanager
+def recorded_ops():
+    """The names (`aten.nonzero`, ...) of the ATen operators called inside, as a set."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.add(f"aten.{func._schema.name.split('::')[1]}")
+            return func(*args, **(kwargs or {}))
+
+    names: set[str] = set()
+    with Record():
+        yield names

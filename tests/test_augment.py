@@ -16,6 +16,8 @@ from sslhub.data.batched import (
     jitter_order,
 )
 
+from .helpers import HOST_SYNC_OPS, recorded_ops
+
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.15)
 
 
@@ -337,3 +339,18 @@ def test_call_makes_the_query_view_then_the_key_view_from_one_generator():
     generator = torch.Generator().manual_seed(5)
     assert torch.equal(query, augment_v3.view(images, augment_v3.views[0], generator))
     assert torch.equal(key, augment_v3.view(images, augment_v3.views[1], generator))
+
+
+@pytest.mark.parametrize(("preset", "size"), [("v2", 32), ("v3", 64)])
+def test_whole_batch_path_makes_the_views_of_the_subset_path(monkeypatch, preset, size):
+    # Off the CPU, jitter and blur run on the whole batch and a mask keeps their result where drawn (no
+    # subset sizes, so no host sync); the views are those of the CPU's subsets.
+    images = _uint8_images(32, size + 8, seed=6)
+    augment_views = BatchedTwoViewAugmentation(preset, size, MEAN, STD)
+    expected = augment_views(images, torch.Generator().manual_seed(7))
+    monkeypatch.setattr(augment, "_on_subsets", lambda x: False)
+    with recorded_ops() as ops:
+        got = augment_views(images, torch.Generator().manual_seed(7))
+    for view, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(view, reference, rtol=1e-5, atol=1e-5)
+    assert not ops & HOST_SYNC_OPS, ops & HOST_SYNC_OPS

@@ -63,12 +63,15 @@ def _same_tensors(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-@pytest.mark.parametrize("augmentation", ["per-image", "batched"])
+@pytest.mark.parametrize("augmentation", ["per-image", "batched", "batched-prefetch"])
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentation):
     steps = ["--max_steps", "20", "--save_steps", "4"]  # 8 steps per epoch: the run crosses two epochs
-    if augmentation == "batched":
+    if augmentation.startswith("batched"):
         steps += ["--batched_augmentation", "true"]
     _run(*steps, "--output_dir", str(tmp_path / "straight"))
+    # With --prefetch (views made in a thread while the step runs) the interrupted run computes the same.
+    if augmentation.endswith("prefetch"):
+        steps += ["--prefetch", "true"]
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
@@ -114,6 +117,11 @@ def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
     assert type(model).__name__ == "MoCoModel" and model.config.backbone == "test_resnet"
     assert AutoImageProcessor.from_pretrained(final).crop_size == {"height": 32, "width": 32}
     assert "accelerate launch" in (final / "README.md").read_text()
+    # Where a step's time went, in milliseconds per step: the parts add up to the wall time.
+    times = json.loads((tmp_path / "metrics.json").read_text())["step_time_ms"]
+    parts = ["data", "augmentation", "forward_backward", "optimizer", "momentum", "logging", "other"]
+    assert list(times) == [*parts, "total"] and times["forward_backward"] > 0
+    assert sum(times[p] for p in parts) == pytest.approx(times["total"], rel=1e-3)
 
 
 def test_nan_loss_stops_the_run_without_saving_it(tmp_path):

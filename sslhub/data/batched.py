@@ -14,8 +14,10 @@ transforms from) to a whole batch, drawing every random parameter for the batch 
 
 The operations, their order and their parameter distributions are the per-image path's; pixels differ a
 little (float arithmetic instead of PIL's uint8 rounding, `roi_align` instead of PIL's antialiased resize),
-and so do the random streams: the same seed gives other views in the two paths. Jitter and blur run on
-the subsets of images that apply them (boolean selection: on a GPU, one host sync per subset).
+and so do the random streams: the same seed gives other views in the two paths. On the CPU, jitter and
+blur run on the subsets of images that apply them (the least arithmetic); elsewhere they run on the whole
+batch and a per-image mask keeps their result where it applies, the same numbers without the host sync
+that a subset's size would cost on a GPU: nothing here waits for the device.
 
 Its input is a batch of equal-sized uint8 images (`image_datasets.UInt8ImageDataset` items, e.g. CIFAR); its
 randomness comes from a `torch.Generator`, seeded per batch from (seed, epoch, batch index) by the
@@ -72,6 +74,23 @@ def crop_boxes(
     x1 = (torch.rand(n, generator=generator, device=device) * (width - w + 1)).floor()
     y1 = (torch.rand(n, generator=generator, device=device) * (height - h + 1)).floor()
     return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def _on_subsets(x: torch.Tensor) -> bool:
+    """Whether to apply a per-image operation to the subset of images that draw it (CPU: least work) or to
+    the whole batch, keeping its result where drawn (other devices: a subset's size would sync the host)."""
+    return x.device.type == "cpu"
+
+
+def _apply_where(x: torch.Tensor, chosen: torch.Tensor, operation, *per_image: torch.Tensor) -> torch.Tensor:
+    """`x` with `operation(x_i, *per_image_i)` for the images i where `chosen` (N,) is True: `x` itself,
+    changed in place, on the CPU; a new tensor elsewhere."""
+    if _on_subsets(x):
+        index = chosen.nonzero().squeeze(1)
+        if len(index):
+            x[index] = operation(x[index], *(value[index] for value in per_image))
+        return x
+    return torch.where(chosen[:, None, None, None], operation(x, *per_image), x)
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -150,14 +169,11 @@ def color_jitter(
     factors = (brightness, contrast, saturation, hue)
     x = x.clone()
     # Round by round, each adjustment runs on the images that apply it in that round: 4 batched calls per
-    # round on disjoint subsets, the work of one pass over the batch per adjustment.
+    # round on disjoint subsets (on the CPU, the work of one pass over the batch per adjustment).
     for step in range(order.shape[1]):
         for index, (adjust, factor) in enumerate(zip(_ADJUSTMENTS, factors, strict=True)):
-            if factor is None:
-                continue
-            chosen = (order[:, step] == index).nonzero().squeeze(1)
-            if len(chosen):
-                x[chosen] = adjust(x[chosen], factor[chosen])
+            if factor is not None:
+                x = _apply_where(x, order[:, step] == index, adjust, factor)
     return x
 
 
@@ -228,11 +244,8 @@ def _gaussian_blur(
 ) -> torch.Tensor:
     blur = _bernoulli(len(x), operation.p, generator, x.device)
     sigma = _uniform(len(x), *operation.sigma, generator, x.device)
-    chosen = blur.nonzero().squeeze(1)
-    if len(chosen):
-        x = x.clone()
-        x[chosen] = gaussian_blur(x[chosen], sigma[chosen], operation.kernel_size(image_size))
-    return x
+    kernel_size = operation.kernel_size(image_size)
+    return _apply_where(x.clone(), blur, lambda images, s: gaussian_blur(images, s, kernel_size), sigma)
 
 
 def _solarize(
@@ -278,6 +291,7 @@ class BatchedTwoViewAugmentation:
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._normalization = {}  # device -> (mean, std) there: copied once (a copy to a GPU waits for it)
 
     def view(self, images: torch.Tensor, view: presets.View, generator: torch.Generator) -> torch.Tensor:
         """One augmented, normalized view (N, 3, S, S) float32 of uint8 images (N, 3, H, W).
@@ -287,7 +301,10 @@ class BatchedTwoViewAugmentation:
         x = images.float() / 255
         for operation in view:
             x = _BATCHED[type(operation)](x, operation, generator, self.image_size)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if x.device not in self._normalization:
+            self._normalization[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._normalization[x.device]
+        return (x - mean) / std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`(query_view, key_view)` of a uint8 batch (N, 3, H, W)."""

@@ -117,8 +117,7 @@ def shuffle_bn(
     permutation = torch.randperm(x.shape[0], device=x.device, generator=generator)  # (N,)
     shuffled = x[permutation]  # sub-batch j: rows j * N / num_splits to (j + 1) * N / num_splits - 1
     if module is not None and can_split_batch_norm(module):
-        with split_batch_norm(module, num_splits):
-            encoded = encoder(shuffled)  # (N, D), permuted
+        encoded = _encode_with_split_batch_norm(encoder, shuffled, module, num_splits)  # (N, D), permuted
     else:
         encoded = torch.cat([encoder(chunk) for chunk in shuffled.chunk(num_splits)])  # (N, D), permuted
     return encoded[torch.argsort(permutation)]  # row i is the output of x[i]
@@ -184,6 +183,14 @@ def _split_batch_norm_forward(layer: nn.Module, x: torch.Tensor, num_splits: int
     if len(dims) == 1:  # back from (S, n*H*W, C) to (N, C, H, W) in channels_last
         return out.view(batch, x.shape[2], x.shape[3], channels).permute(0, 3, 1, 2)
     return out.view(x.shape)
+
+
+@torch.compiler.disable  # swapping the layers' forward is not traceable: the key branch runs eagerly
+def _encode_with_split_batch_norm(
+    encoder: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, module: nn.Module, num_splits: int
+) -> torch.Tensor:
+    with split_batch_norm(module, num_splits):
+        return encoder(x)
 
 
 @contextlib.contextmanager

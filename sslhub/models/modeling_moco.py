@@ -153,6 +153,12 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         if self.queue is not None and ("queue" not in loaded or "queue_ptr" not in loaded):
             self.queue_ptr.zero_()
 
+    @torch.no_grad()
+    def update_key_encoder(self) -> None:
+        """One momentum update of the key encoder towards the query encoder (He et al. 2020, Eq. 2): what
+        `forward` does first with `update_key_encoder=True`; a recipe may call it on its own, e.g. to time it."""
+        momentum_update(self.key_encoder, self.query_encoder, self.momentum)
+
     def _queries(self, pixel_values: torch.Tensor) -> torch.Tensor:
         query = self.query_encoder(pixel_values).projection
         if self.predictor is not None:
@@ -197,7 +203,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         update = self.training if update_key_encoder is None else update_key_encoder
         enqueue_keys = update if enqueue_keys is None else enqueue_keys
         if update:
-            momentum_update(self.key_encoder, self.query_encoder, self.momentum)
+            self.update_key_encoder()
 
         query = self._queries(query_pixel_values)
         key = self._keys(key_pixel_values)

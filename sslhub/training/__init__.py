@@ -2,10 +2,11 @@
 
 - `arguments`: settings dataclasses, parsed from YAML and the command line (`parse_args`).
 - `accelerator`: the Accelerator of a run (`create_accelerator`).
-- `loader`: the prepared DataLoader, the two views of a batch, the run's micro-batches (`micro_batches`).
+- `loader`: the prepared DataLoader, the two views of a batch, the run's micro-batches (`micro_batches`),
+  their views made ahead (`ViewsAhead`).
 - `optim`: optimizers and pure learning-rate schedules.
 - `checkpoint`: atomic checkpoints with exact resume (`Checkpointer`).
-- `tracking`: progress bar, tracker logs, NaN stop, throughput (`RunLogger`).
+- `tracking`: progress bar, tracker logs, NaN stop, throughput, step times (`RunLogger`, `StepTimes`).
 - `monitor`: the kNN monitor.
 - `teacher`: the frozen teacher of distillation and its input adapter; `kmeans`: clustering pseudo-labels.
 - `final`: the end of a run (`publish_final_model`).
@@ -16,11 +17,19 @@ from .arguments import TrainingArguments, parse_args, save_arguments, saved_mode
 from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
 from .final import command_line, publish_final_model, save_final_model
 from .kmeans import assign_clusters, kmeans
-from .loader import MicroBatch, RunLength, TwoViews, micro_batches, pretraining_loader, set_loader_epoch
+from .loader import (
+    MicroBatch,
+    RunLength,
+    TwoViews,
+    ViewsAhead,
+    micro_batches,
+    pretraining_loader,
+    set_loader_epoch,
+)
 from .monitor import KNNMonitor
 from .optim import LARS, cosine_lr, create_optimizer, learning_rate_at, scaled_lr, set_lr, step_lr
 from .teacher import Renormalize, check_teacher, load_teacher, renormalize_for_teacher
-from .tracking import LossWatch, NonFiniteLossError, RunLogger, Throughput, peak_memory_mb
+from .tracking import LossWatch, NonFiniteLossError, RunLogger, StepTimes, Throughput, peak_memory_mb
 
 __all__ = [
     "Renormalize",
@@ -38,9 +47,11 @@ __all__ = [
     "NonFiniteLossError",
     "RunLength",
     "RunLogger",
+    "StepTimes",
     "Throughput",
     "TrainingArguments",
     "TwoViews",
+    "ViewsAhead",
     "command_line",
     "cosine_lr",
     "create_accelerator",

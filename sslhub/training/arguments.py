@@ -89,6 +89,15 @@ class TrainingArguments:
         "accelerate launch's --mixed_precision if given, else auto",
     )
     channels_last: bool = setting(True, "channels_last memory format (faster convolutions)")
+    compile: bool = setting(
+        False,
+        "torch.compile the model (compiles for a while first; see bench/STEP_BREAKDOWN.md for when it pays)",
+    )
+    prefetch: bool = setting(
+        False,
+        "make the next micro-batch's views while the current step runs (CUDA: on a side stream; CPU: in a "
+        "thread, batched augmentation only)",
+    )
     seed: int = setting(0, "seed of initialization, data order and augmentation")
     # optimization; unset values come from the recipe's preset (training_preset)
     optimizer: str | None = setting(None, "sgd, lars or adamw")

@@ -1,9 +1,11 @@
-"""The data side of a training run: the prepared DataLoader, the two views of a batch, and the run's
-micro-batches in order, resumable mid-epoch."""
+"""The data side of a training run: the prepared DataLoader, the two views of a batch, the run's
+micro-batches in order, resumable mid-epoch, and their views made ahead of the step that uses them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +37,8 @@ def pretraining_loader(
 
     `augmentation` is a MoCo preset (`"v1"`, `"v2"`, `"v3"`: two views per image) or `"crop_flip"`
     (one geometry-only view, `pixel_values`, for colorization). With `args.batched_augmentation` the
-    loader gives equal-sized uint8 images and `TwoViews` makes the views on the training device.
+    loader gives equal-sized uint8 images, left on the CPU (pinned for a GPU), and `TwoViews` moves them
+    to the training device without waiting and makes the views there.
     """
     with accelerator.main_process_first():  # the first process prepares the dataset cache
         dataset = load_image_dataset(
@@ -71,7 +74,8 @@ def pretraining_loader(
                 drop_last=True,
             )
         images = TwoViewDataset(dataset, transform, seed=args.seed)
-    # drop_last: every process gathers equal-sized key batches into the queue.
+    # drop_last: every process gathers equal-sized key batches into the queue. Workers that only decode
+    # (batched augmentation) need no epoch, so they persist; per-image views are seeded per epoch.
     loader = DataLoader(
         images,
         batch_size=args.batch_size,
@@ -79,9 +83,10 @@ def pretraining_loader(
         drop_last=True,
         collate_fn=collate,
         num_workers=args.num_workers,
-        persistent_workers=False,
+        persistent_workers=args.batched_augmentation and args.num_workers > 0,
+        pin_memory=args.batched_augmentation and accelerator.device.type == "cuda",
     )
-    return accelerator.prepare(loader)
+    return accelerator.prepare(loader, device_placement=[not args.batched_augmentation])
 
 
 class TwoViews:
@@ -92,18 +97,32 @@ class TwoViews:
     """
 
     def __init__(
-        self, args, augmentation: str, image_size: int, mean, std, min_scale: float | None = None
+        self,
+        args,
+        augmentation: str,
+        image_size: int,
+        mean,
+        std,
+        min_scale: float | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.augment = None
         if args.batched_augmentation:
             self.augment = BatchedTwoViewAugmentation(augmentation, image_size, mean, std, min_scale)
         self.channels_last = args.channels_last
+        self.device = device
+
+    @property
+    def batched(self) -> bool:
+        """Whether the views are made here (batched augmentation) rather than in the loader's workers."""
+        return self.augment is not None
 
     def __call__(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.augment is not None:
-            query, key = self.augment(batch["pixel_values"], generator)
+            images = batch["pixel_values"].to(self.device or generator.device, non_blocking=True)
+            query, key = self.augment(images, generator)
         else:
             query, key = batch["query_pixel_values"], batch["key_pixel_values"]
         if self.channels_last:
@@ -154,13 +173,15 @@ class RunLength:
 
 @dataclass
 class MicroBatch:
-    """One micro-batch and where it stands: epoch, index in the epoch, first / last of its optimizer step."""
+    """One micro-batch and where it stands: epoch, index in the epoch, first / last of its optimizer step,
+    last of its epoch (or of the run)."""
 
     batch: dict[str, torch.Tensor]
     epoch: int
     index: int
     first: bool
     last: bool
+    epoch_end: bool = False
 
     def generator(self, accelerator: Accelerator, seed: int) -> torch.Generator:
         """A generator for this micro-batch's random augmentation, seeded from (seed, epoch, batch, process):
@@ -185,8 +206,96 @@ def micro_batches(
         batches = accelerator.skip_first_batches(loader, done) if done else loader
         for index, batch in enumerate(batches, start=done):
             last = (index + 1) % length.accumulation == 0
-            yield MicroBatch(batch, epoch, index, first=index % length.accumulation == 0, last=last)
+            ends = last and (step + 1 >= length.total_steps or (step + 1) % length.steps_per_epoch == 0)
+            first = index % length.accumulation == 0
+            yield MicroBatch(batch, epoch, index, first=first, last=last, epoch_end=ends)
             if last:
                 step += 1
-                if step >= length.total_steps or step % length.steps_per_epoch == 0:
+                if ends:
                     break
+
+
+class ViewsAhead:
+    """The run's micro-batches with their two views; with `ahead`, the next micro-batch's views are made
+    while the current step runs.
+
+    - CUDA: the next batch is copied and augmented on a side stream; the step's stream waits for it (an
+      event), never the host.
+    - CPU, batched augmentation: a background thread augments the next batch (torch releases the GIL), on
+      a core the step leaves idle, if any: measure (`bench/step_breakdown.py`) before turning it on.
+    - CPU, per-image views: the loader's workers already make them ahead; nothing to do here.
+
+    Runs are the same with or without it: the views are a function of the batch and its generator, the
+    next batch is taken from the loader in this thread, and never across an epoch's end (starting an
+    epoch's loader draws from the global RNG, which the step also uses and checkpoints save).
+
+    Args:
+        views: the run's `TwoViews`.
+        accelerator: the run's Accelerator (device, process index).
+        seed: the run's seed (augmentation generators).
+        ahead: make the next views while the current step runs.
+        timed: `RunLogger.timed`, to time waiting for the loader ("data") and for the views ("augmentation").
+    """
+
+    def __init__(
+        self,
+        views: TwoViews,
+        accelerator: Accelerator,
+        seed: int,
+        ahead: bool = False,
+        timed: Callable[[str], contextlib.AbstractContextManager] | None = None,
+    ) -> None:
+        self.views, self.accelerator, self.seed = views, accelerator, seed
+        self.timed = timed or (lambda part: contextlib.nullcontext())
+        device = accelerator.device
+        self.stream = torch.cuda.Stream(device) if ahead and device.type == "cuda" else None
+        self.thread = None
+        if ahead and device.type == "cpu" and views.batched:
+            self.thread = ThreadPoolExecutor(1, thread_name_prefix="views-ahead")
+
+    def _start(self, micro: MicroBatch):
+        """Begin making `micro`'s views: a handle for `_finish`."""
+        generator = micro.generator(self.accelerator, self.seed)
+        if self.thread is not None:
+            return self.thread.submit(self.views, micro.batch, generator)
+        if self.stream is not None:  # its inputs are its own (a fresh copy of the batch): nothing to wait for
+            with torch.cuda.stream(self.stream):
+                views = self.views(micro.batch, generator)
+            return views, self.stream.record_event()
+        return micro.batch, generator
+
+    def _finish(self, handle) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(handle, Future):
+            return handle.result()
+        if self.stream is not None:
+            views, ready = handle
+            stream = torch.cuda.current_stream()
+            stream.wait_event(ready)
+            for view in views:  # made on the side stream, used and freed on this one
+                view.record_stream(stream)
+            return views
+        return self.views(*handle)
+
+    def _next(self, micro_batches: Iterator[MicroBatch]) -> tuple[MicroBatch, object] | None:
+        with self.timed("data"):
+            micro = next(micro_batches, None)
+        return None if micro is None else (micro, self._start(micro))
+
+    def __call__(
+        self, micro_batches: Iterator[MicroBatch]
+    ) -> Iterator[tuple[MicroBatch, torch.Tensor, torch.Tensor]]:
+        """`(micro, query, key)` for each micro-batch of `micro_batches`."""
+        micro_batches = iter(micro_batches)
+        ahead = self.thread is not None or self.stream is not None
+        current = self._next(micro_batches)
+        try:
+            while current is not None:
+                micro, handle = current
+                upcoming = self._next(micro_batches) if ahead and not micro.epoch_end else None
+                with self.timed("augmentation"):
+                    query, key = self._finish(handle)
+                yield micro, query, key
+                current = upcoming if upcoming is not None else self._next(micro_batches)
+        finally:
+            if self.thread is not None:
+                self.thread.shutdown(wait=True)

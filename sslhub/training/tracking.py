@@ -1,12 +1,15 @@
-"""What a run reports while it trains: the progress bar, tracker logs, the loss check and throughput.
+"""What a run reports while it trains: the progress bar, tracker logs, the loss check, throughput and
+where the step's time goes.
 
 `RunLogger` is fed once per micro-batch (`update`, no host sync) and once per optimizer step (`step`); it
 syncs with the device only at logging steps, where it also stops a run whose loss became NaN or infinite.
+The recipe brackets the parts of its step with `logger.timed(part)` (`StepTimes`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,6 +81,88 @@ class Throughput:
         return self.total_images / max(self.total_seconds, 1e-9)
 
 
+# The parts of a training step, in the order the progress bar shows them (a recipe times those it has);
+# "other" is the rest of the wall time (the loop itself, learning-rate setting, bookkeeping).
+STEP_PARTS = ("data", "augmentation", "forward_backward", "optimizer", "momentum", "logging")
+_END = object()
+_SHORT_NAMES = {"augmentation": "aug", "forward_backward": "fwd+bwd", "optimizer": "opt", "momentum": "mom"}
+
+
+class StepTimes:
+    """Seconds spent in each part of the training step, read (and reset) at logging steps.
+
+    On CPU each part is timed with `perf_counter`. On CUDA each part is bracketed by two CUDA events on the
+    current stream and nothing waits for them until `read`, which synchronizes once (at a logging step,
+    where the loss check synchronizes anyway): the times are then spans of the GPU's timeline, so a part
+    the host spent waiting in (e.g. for data) counts only the idle time it left on the GPU, and the parts
+    of a step add up to its wall time. Parts not bracketed make up "other" (wall time minus the parts).
+
+    Args:
+        device: the training device.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._seconds: dict[str, float] = {}
+        self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._parts: dict[str, None] = {}  # the parts timed so far, in the order first seen
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, part: str):
+        """Add the time spent inside to `part`."""
+        self._parts.setdefault(part)
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((part, start, end))
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[part] = self._seconds.get(part, 0.0) + time.perf_counter() - started
+
+    def iterate(self, iterable: Iterable, part: str = "data") -> Iterator:
+        """The items of `iterable`, the wait for each added to `part`."""
+        iterator = iter(iterable)
+        while True:
+            with self(part):
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            yield item
+
+    def read(self) -> dict[str, float]:
+        """Seconds per part since the last read, with "other" and "total" (wall time); then start afresh."""
+        if self._events:
+            self._events[-1][2].synchronize()
+            for part, start, end in self._events:
+                self._seconds[part] = self._seconds.get(part, 0.0) + start.elapsed_time(end) / 1e3
+        now = time.perf_counter()
+        order = sorted(self._parts, key=lambda p: STEP_PARTS.index(p) if p in STEP_PARTS else len(STEP_PARTS))
+        seconds = {part: self._seconds.get(part, 0.0) for part in order}
+        total = now - self._start
+        seconds["other"] = max(total - sum(seconds.values()), 0.0)
+        seconds["total"] = total
+        self._seconds, self._events, self._start = {}, [], now
+        return seconds
+
+
+def describe_step_times(seconds: dict[str, float]) -> str:
+    """`data 2% aug 14% fwd+bwd 70% ...`: each part's share of the wall time (the progress bar's form)."""
+    total = max(seconds.get("total", 0.0), 1e-9)
+    return " ".join(
+        f"{_SHORT_NAMES.get(part, part)} {value / total:.0%}"
+        for part, value in seconds.items()
+        if part != "total"
+    )
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory of this process: CUDA allocator peak on GPU, peak resident set size on CPU.
 
@@ -119,6 +204,10 @@ class RunLogger:
         self.accelerator, self.args, self.length, self.checkpointer = accelerator, args, length, checkpointer
         self.state = checkpointer.state
         self._watch, self._throughput = LossWatch(accelerator.device), Throughput()
+        self.timed = StepTimes(accelerator.device)  # `with logger.timed("data"): ...` in the recipe
+        self._step_seconds: dict[str, float] = {}  # per part, summed over the logged intervals
+        self._steps_timed = 0
+        self._last_logged_step = self.state.step
         self._unreadable = set(self.state.unreadable)  # names of unreadable files, this process
         self._started = time.perf_counter()
         accelerator.init_trackers(
@@ -147,16 +236,30 @@ class RunLogger:
         if step % self.args.log_steps and step < self.length.total_steps:
             return
         loss = self.check_finite(step)
+        steps = step - self._last_logged_step
+        seconds = self._read_step_times(step)
         logs = {
             "train/loss": loss,
             "train/images_per_second": self._throughput.rate(),
             "train/epoch": step / self.length.steps_per_epoch,
             **{f"train/{name}": value for name, value in scalars.items()},
+            **{f"time/{part}_ms": 1e3 * value / max(steps, 1) for part, value in seconds.items()},
         }
         self.accelerator.log(logs, step=step)
         self.progress.set_postfix(
-            loss=f"{loss:.4f}", **{k: f"{v:.3g}" for k, v in scalars.items() if k == "lr"}
+            loss=f"{loss:.4f}",
+            **{k: f"{v:.3g}" for k, v in scalars.items() if k == "lr"},
+            time=describe_step_times(seconds),
         )
+
+    def _read_step_times(self, step: int) -> dict[str, float]:
+        """The step times since the last read, also added to the run's totals (for `summary`)."""
+        seconds = self.timed.read()
+        for part, value in seconds.items():
+            self._step_seconds[part] = self._step_seconds.get(part, 0.0) + value
+        self._steps_timed += step - self._last_logged_step
+        self._last_logged_step = step
+        return seconds
 
     def check_finite(self, step: int) -> float:
         """Raise `NonFiniteLossError` if a loss since the last check was NaN/inf; the mean loss since then.
@@ -190,9 +293,11 @@ class RunLogger:
         return sorted({name for names in gather_object([sorted(self._unreadable)]) for name in names})
 
     def summary(self, steps: int) -> dict[str, float]:
-        """The run's metrics: the state's kNN results, steps, time, throughput, peak memory, unreadable files
-        and the precision."""
+        """The run's metrics: the state's kNN results, steps, time, throughput, where a step's time went
+        (`step_time_ms`: milliseconds per optimizer step and part, this process, this part of a resumed run),
+        peak memory, unreadable files and the precision."""
         self.progress.close()
+        self._read_step_times(steps)  # the time since the last logging step
         unreadable = self.unreadable_files()
         precision = getattr(self.accelerator, "precision", None) or PrecisionChoice(
             self.accelerator.mixed_precision, "set on the Accelerator"
@@ -206,6 +311,10 @@ class RunLogger:
             "epochs": round(steps / self.length.steps_per_epoch, 2),
             "train_seconds": round(time.perf_counter() - self._started, 1),
             "images_per_second": round(self._throughput.overall(), 1),
+            "step_time_ms": {
+                part: round(1e3 * value / max(self._steps_timed, 1), 2)
+                for part, value in self._step_seconds.items()
+            },
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
             "skipped_images": len(unreadable),
             "unreadable_files": unreadable[:100],
