@@ -32,7 +32,13 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
 
-.PHONY: bench
-bench: $(STAMP)  ## sslhub vs lightly (MoCo v2): regenerates bench/RESULTS.md; BENCH_ARGS=--quick for toy sizes
+.PHONY: bench gpu-check
+bench: $(STAMP)  ## sslhub vs lightly (MoCo v2): bench/RESULTS.md, STEP_BREAKDOWN.md, TIME_TO_ACCURACY.md (about 1.5 h of a quiet machine); BENCH_ARGS=--quick for toy sizes
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+	$(BIN)/python bench/step_breakdown.py $(BENCH_ARGS)
+	$(BIN)/python bench/time_to_accuracy.py $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## on a GPU machine, at most 10 minutes: bench/results_gpu.json
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh

@@ -28,9 +28,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from cifar10_split import CIFAR10
 from common import (  # noqa: E402
+    CIFAR_MEAN,
+    CIFAR_STD,
+    KNNProbe,
+    LightlyViews,
     Setting,
     build_one,
     build_pair,
+    lightly_transform,
     machine_info,
     make_inputs,
     make_optimizer,
@@ -47,7 +52,6 @@ from sslhub.training import peak_memory_mb
 LIBRARIES = ("sslhub", "lightly")
 MEASUREMENTS = ("components", "throughput", "memory", "flops", "inference", "data", "knn")
 CIFAR = str(CIFAR10)  # ../shared/datasets/cifar10/train.parquet
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def settings_for(args) -> list[Setting]:
@@ -405,24 +409,7 @@ def run_inference(args, results: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class LightlyViews(torch.utils.data.Dataset):
-    """CIFAR rows decoded as sslhub does, then lightly's `MoCoV2Transform` (two views)."""
-
-    def __init__(self, dataset, transform) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        from sslhub.data import decode_image
-
-        views = self.transform(decode_image(self.dataset[index]["image"]))
-        return views[0], views[1]
-
-
 def run_data(args, results: dict) -> None:
-    from lightly.transforms import MoCoV2Transform
     from torch.utils.data import DataLoader
 
     from sslhub.data import TwoViewDataset, collate, load_image_dataset, two_view_transform
@@ -431,12 +418,7 @@ def run_data(args, results: dict) -> None:
     dataset = load_image_dataset(CIFAR, "train").select(range(images))
     ours = TwoViewDataset(dataset, two_view_transform("v2", 32, CIFAR_MEAN, CIFAR_STD))
     # The same augmentation as sslhub's v2 preset at 32x32 (blur is left out below 64 pixels).
-    theirs = LightlyViews(
-        dataset,
-        MoCoV2Transform(
-            input_size=32, gaussian_blur=0.0, normalize={"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
-        ),
-    )
+    theirs = LightlyViews(dataset, lightly_transform(32))
     loaders = {
         "sslhub": DataLoader(ours, batch_size=128, num_workers=0, collate_fn=collate),
         "lightly": DataLoader(theirs, batch_size=128, num_workers=0),
@@ -512,15 +494,7 @@ def batched_augmentation_rates(dataset, repeats: int) -> list[float]:
 def run_knn(args, results: dict) -> None:
     from torch.utils.data import DataLoader
 
-    from sslhub.data import (
-        ImageDataset,
-        TwoViewDataset,
-        collate,
-        eval_transform,
-        load_image_dataset,
-        two_view_transform,
-    )
-    from sslhub.evaluation import extract_features, knn_accuracy
+    from sslhub.data import TwoViewDataset, collate, load_image_dataset, two_view_transform
 
     device = args.device
     steps, batch, bank_size, test_size = (
@@ -552,17 +526,7 @@ def run_knn(args, results: dict) -> None:
     optimizers = {"sslhub": make_optimizer(ours, s), "lightly": make_optimizer(theirs, s)}
     models = {"sslhub": ours, "lightly": theirs}
     encoders = {"sslhub": ours.query_encoder, "lightly": theirs.backbone}
-    evaluation = eval_transform(32, CIFAR_MEAN, CIFAR_STD, crop_pct=1.0)
-
-    def accuracy(encoder) -> float:
-        def features(data):
-            batches = DataLoader(ImageDataset(data, evaluation), batch_size=256, collate_fn=collate)
-            moved = ({**b, "pixel_values": b["pixel_values"].to(device)} for b in batches)
-            return extract_features(encoder, moved, progress=False)
-
-        bank_features, bank_labels = features(bank)
-        test_features, test_labels = features(test)
-        return knn_accuracy(bank_features, bank_labels, test_features, test_labels, k=200, temperature=0.1)
+    accuracy = KNNProbe(bank, test, device)
 
     initial = accuracy(encoders["sslhub"])
     losses = {k: [] for k in models}

@@ -23,6 +23,8 @@ from torch import nn
 from sslhub import MoCoConfig, MoCoForPreTraining
 from sslhub.models.backbones import create_backbone
 
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
 
 @dataclass
 class Setting:
@@ -41,6 +43,7 @@ class Setting:
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
     channels_last: bool = False
     sgd: str = "default"  # torch.optim.SGD implementation: "default", "foreach" or "fused"
+    projector_hidden: int | None = None  # hidden width of the 2-layer projector (None: the backbone's)
 
     @property
     def label(self) -> str:
@@ -50,7 +53,8 @@ class Setting:
 
 
 def sslhub_config(s: Setting) -> MoCoConfig:
-    """The MoCo v2 config of a setting (shuffle-BN is the identity in one process, as lightly's shuffle is)."""
+    """The MoCo v2 config of a setting. Equal settings: no BatchNorm sub-batches in the key branch
+    (`shuffle_bn_splits=1`; lightly's one-process `batch_shuffle` leaves the statistics of the whole batch)."""
     return MoCoConfig.v2(
         backbone=s.backbone,
         small_input_stem=s.small_input_stem,
@@ -58,6 +62,8 @@ def sslhub_config(s: Setting) -> MoCoConfig:
         temperature=s.temperature,
         momentum=s.momentum,
         image_size=s.image_size,
+        projector_hidden_size=s.projector_hidden,
+        shuffle_bn_splits=1,
     )
 
 
@@ -72,7 +78,7 @@ class LightlyMoCo(nn.Module):
         super().__init__()
         self.backbone = create_backbone(s.backbone, small_input_stem=s.small_input_stem)
         width = self.backbone.num_features
-        self.projection_head = MoCoProjectionHead(width, width, 128)
+        self.projection_head = MoCoProjectionHead(width, s.projector_hidden or width, 128)
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)
@@ -91,6 +97,32 @@ class LightlyMoCo(nn.Module):
             key = self.projection_head_momentum(self.backbone_momentum(x_key).flatten(start_dim=1))
             key = batch_unshuffle(key, shuffle)
         return self.criterion(query, key)
+
+
+def lightly_transform(image_size: int):
+    """lightly's MoCo v2 views (`MoCoV2Transform`, PIL per image) as sslhub's v2 preset makes them: CIFAR-10
+    normalization, no blur below 64 pixels."""
+    from lightly.transforms import MoCoV2Transform
+
+    blur = 0.0 if image_size < 64 else 0.5
+    normalize = {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    return MoCoV2Transform(input_size=image_size, gaussian_blur=blur, normalize=normalize)
+
+
+class LightlyViews(torch.utils.data.Dataset):
+    """Dataset rows decoded as sslhub does, then lightly's two views (`lightly_transform`)."""
+
+    def __init__(self, dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        from sslhub.data import decode_image
+
+        views = self.transform(decode_image(self.dataset[index]["image"]))
+        return views[0], views[1]
 
 
 def copy_weights(ours: MoCoForPreTraining, theirs: LightlyMoCo) -> None:
@@ -217,11 +249,49 @@ def cpu_model() -> str:
     return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
+# The CPU flags that decide which kernels torch and oneDNN run (vector width, native bf16, AMX).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> dict:
+    """The kernel-relevant flags of this CPU, and what torch and oneDNN were allowed to use: `--avx2`
+    emulation caps them with `ATEN_CPU_CAPABILITY` / `ONEDNN_MAX_CPU_ISA` (the flags stay the machine's)."""
+    flags = set(_cpuinfo("flags").split())
+    return {
+        "flags": [flag for flag in KERNEL_FLAGS if flag in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+    }
+
+
+def _old_flags(m: dict) -> str:
+    """The flags of results written before `cpu_flags` existed (only the bf16 and AMX ones were kept)."""
+    return f"AVX512-BF16 {m.get('avx512_bf16', '?')}, AMX {m.get('amx', '?')}"
+
+
+def describe_machine(m: dict) -> str:
+    """One line for a results file: CPU, cores, threads, flags, kernel caps, load."""
+    flags = m.get("cpu_flags", {})
+    caps = [f"{k}={flags[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if flags.get(k)]
+    return (
+        f"{m['cpu']}, {m['cpu_count']} cores, {m['threads']} torch threads, device `{m['device']}`"
+        + (f" ({m['gpu']})" if m.get("gpu") else "")
+        + f"; CPU flags: {' '.join(flags.get('flags', [])) or _old_flags(m)}; torch kernels: "
+        + f"{flags.get('torch_cpu_capability', '?')}"
+        + (f" (capped: {', '.join(caps)}, an emulation)" if caps else "")
+        + f"; load average at start {m['load_average_at_start']:.1f}"
+    )
+
+
 def machine_info(device: torch.device) -> dict:
     """What a reader needs to compare numbers across machines."""
-    import lightly
     import timm
 
+    try:
+        import lightly
+    except ImportError:  # the comparison needs it, the machine description does not
+        lightly = None
     flags = _cpuinfo("flags").split()
     info = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -229,14 +299,46 @@ def machine_info(device: torch.device) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "cpu_flags": cpu_flags(),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": "amx_tile" in flags,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "lightly": lightly.__version__,
+        "lightly": getattr(lightly, "__version__", "not installed"),
         "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+class KNNProbe:
+    """Weighted kNN top-1 of an encoder (InstDisc protocol: k=200, T=0.1), the same for every library.
+
+    The bank is labelled training images, the queries held-out images, both resized to the setting's
+    size without cropping and normalized with the CIFAR-10 statistics; `encoder` is sslhub's `MoCoModel`
+    or a timm backbone (pooled features either way, through `sslhub.evaluation.extract_features`).
+    """
+
+    def __init__(self, bank, queries, device: torch.device, image_size: int = 32, k: int = 200) -> None:
+        from torch.utils.data import DataLoader
+
+        from sslhub.data import ImageDataset, collate, eval_transform
+
+        transform = eval_transform(image_size, CIFAR_MEAN, CIFAR_STD, crop_pct=1.0)
+        self.loaders = [
+            DataLoader(ImageDataset(data, transform), batch_size=256, collate_fn=collate)
+            for data in (bank, queries)
+        ]
+        self.device, self.k = device, k
+
+    def __call__(self, encoder: nn.Module) -> float:
+        from sslhub.evaluation import extract_features, knn_accuracy
+
+        features = []
+        for loader in self.loaders:
+            moved = ({**b, "pixel_values": b["pixel_values"].to(self.device)} for b in loader)
+            features.append(extract_features(encoder, moved, progress=False))
+        (bank, bank_labels), (queries, query_labels) = features
+        return knn_accuracy(bank, bank_labels, queries, query_labels, k=self.k, temperature=0.1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from common import describe_machine  # noqa: E402
 
 
 def _ratio(r: dict) -> str:
@@ -58,9 +59,7 @@ def render(results: dict) -> str:
             if results["mode"] == "quick"
             else ""
         ),
-        f"- Machine: {m['cpu']}, {m['cpu_count']} cores, {m['threads']} torch threads, device `{m['device']}`"
-        + (f" ({m['gpu']})" if m.get("gpu") else "")
-        + f"; AVX512-BF16: {m['avx512_bf16']}, AMX: {m['amx']}; load average at start {m['load_average_at_start']:.1f}",
+        f"- Machine: {describe_machine(m)}",
         f"- Versions: torch {m['torch']}, timm {m['timm']}, lightly {m['lightly']}, Python {m['python']}; "
         f"date {m['date']}; run took {results.get('seconds', 0) / 60:.1f} min",
         f"- Timing: {results['settings']['warmup']} warm-up steps, then {results['settings']['repeats']} repeats of "

@@ -1,0 +1,111 @@
+"""The benchmark scripts of bench/: the GPU check's CPU dry run, the time-to-accuracy arithmetic and its
+quick mode, the step breakdown's quick mode."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def _env():
+    return {**os.environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def test_gpu_check_dry_runs_every_part_on_a_cpu(tmp_path):
+    out = tmp_path / "results_gpu.json"
+    command = [
+        "bash",
+        str(ROOT / "bench" / "gpu_check.sh"),
+        "--device",
+        "cpu",
+        "--dry-run",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["errors"] == {}, results["errors"]
+    assert results["mode"] == "dry-run" and results["machine"]["cpu_flags"]["torch_cpu_capability"]
+    assert {"bf16", "fp32"} <= set(results["matmul"]["flops_per_second"])
+    assert results["resnet50_224"]["sslhub, shuffle_bn_splits=8 (preset)"]["images_per_second"] > 0
+    assert results["host_syncs"]["checked"] is False  # CUDA's sync debug mode only exists on a GPU
+    assert set(results["views_ahead"]["images_per_second"]) == {"ahead", "in_turn"}
+    run = results["moco_run"]
+    assert run["steps"] == 3 and 0 <= run["knn_top1"] <= 1 and "forward_backward" in run["step_time_ms"]
+
+
+def test_time_to_accuracy_reads_the_curves_between_evaluations():
+    from time_to_accuracy import accuracy_at, summarize, time_to_reach
+
+    curve = [(0.0, 0.20), (10.0, 0.30), (20.0, 0.40)]
+    assert time_to_reach(curve, 0.35) == pytest.approx(15.0)
+    assert time_to_reach(curve, 0.20) == 0.0 and time_to_reach(curve, 0.41) is None
+    assert accuracy_at(curve, 5.0) == pytest.approx(0.25) and accuracy_at(curve, 99.0) == 0.40
+
+    def run(library, seed, points):
+        return {
+            "library": library,
+            "seed": seed,
+            "curve": [{"train_seconds": t, "knn_top1": a} for t, a in points],
+            "train_seconds": points[-1][0],
+            "images_per_second": 100.0,
+            "peak_memory_mb": 1000.0,
+        }
+
+    runs = [
+        run("sslhub", 0, [(0, 0.2), (10, 0.4), (20, 0.5)]),
+        run("sslhub", 1, [(0, 0.2), (12, 0.4), (22, 0.5)]),
+        run("lightly", 0, [(0, 0.2), (20, 0.3), (40, 0.45)]),
+        run("lightly", 1, [(0, 0.2), (20, 0.3), (40, 0.45)]),
+    ]
+    summary = summarize(runs)
+    ours, theirs = summary["sslhub"], summary["lightly"]
+    assert ours["final_knn_top1"] == pytest.approx(0.5) and ours["train_seconds"] == pytest.approx(21.0)
+    assert ours["seconds_to_other_final"] == pytest.approx(16.0)  # 0.45 halfway from 0.4 (11 s) to 0.5 (21 s)
+    assert theirs["seconds_to_other_final"] is None  # lightly never reaches 0.5
+    assert theirs["knn_top1_at_other_seconds"] == pytest.approx(0.3075)  # at 21 s: 0.3 + 0.15 / 20
+    assert ours["other_seconds_after_own_end"] and not theirs["other_seconds_after_own_end"]
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_quick_mode_writes_its_results(tmp_path):
+    pytest.importorskip("lightly")
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "time_to_accuracy.py"),
+        "--quick",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert {(r["library"], r["seed"]) for r in results["runs"]} == {
+        (lib, seed) for lib in ("sslhub", "lightly") for seed in (0, 1)
+    }
+    assert all(len(r["curve"]) == 4 for r in results["runs"])  # random init + 3 epochs
+    assert results["machine"]["cpu_flags"]["flags"] is not None
+    assert "Time to accuracy" in (tmp_path / "TIME_TO_ACCURACY.md").read_text()
+    assert (tmp_path / "time_to_accuracy.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_step_breakdown_quick_mode_writes_its_results(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "step_breakdown.py"),
+        "--quick",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "step_breakdown.json").read_text())
+    assert len(results["step"]) == 4 and len(results["views_ahead"]) == 2 and len(results["recipe"]) == 2
