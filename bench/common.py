@@ -262,6 +262,7 @@ def cpu_flags() -> dict:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
         "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 
@@ -274,12 +275,14 @@ def describe_machine(m: dict) -> str:
     """One line for a results file: CPU, cores, threads, flags, kernel caps, load."""
     flags = m.get("cpu_flags", {})
     caps = [f"{k}={flags[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if flags.get(k)]
+    policy = f"; OMP_WAIT_POLICY={flags['OMP_WAIT_POLICY']}" if flags.get("OMP_WAIT_POLICY") else ""
     return (
         f"{m['cpu']}, {m['cpu_count']} cores, {m['threads']} torch threads, device `{m['device']}`"
         + (f" ({m['gpu']})" if m.get("gpu") else "")
         + f"; CPU flags: {' '.join(flags.get('flags', [])) or _old_flags(m)}; torch kernels: "
         + f"{flags.get('torch_cpu_capability', '?')}"
         + (f" (capped: {', '.join(caps)}, an emulation)" if caps else "")
+        + policy
         + f"; load average at start {m['load_average_at_start']:.1f}"
     )
 

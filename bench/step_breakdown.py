@@ -12,8 +12,12 @@
 3. The recipe as users run it (`recipes/pretrain_moco.py`, CIFAR-10, batched augmentation): img/s and the
    per-part step times of its `metrics.json`, with and without `--prefetch`.
 
-Writes `bench/STEP_BREAKDOWN.md` and `bench/step_breakdown.json` (or `--out-dir`). Wall-clock times on a
-shared machine are noisy: the steps' CPU time on one thread is reported next to them, and the load average.
+Writes `bench/STEP_BREAKDOWN.md` and `bench/step_breakdown.json` (or `--out-dir`). Run it on a quiet machine
+(load average well under 1). On a CPU shared with other processes, OpenMP's spin-waiting (libgomp's default)
+makes each step several times slower, and whichever variant runs more threads looks faster (libgomp then
+throttles its spinning): measured here under a load of 5, views made ahead looked 5-9x faster, and within
+10% of views in turn with `OMP_WAIT_POLICY=PASSIVE`. The steps' CPU time on one thread, reported next to
+the wall times, is the measure least moved by load.
 """
 
 from __future__ import annotations
@@ -248,7 +252,8 @@ def render(results: dict) -> str:
         f"- Setting: timm `test_resnet` 32x32, batch {s['batch_size']}, projector 512 -> 128, queue "
         f"{s['queue_size']}, {s['precision']}, channels_last, fused SGD; {s['repeats']} interleaved repeats of "
         f"{s['steps']} steps after {s['warmup']} warm-up steps. Wall times on a shared machine move with the "
-        "others' load; the CPU time of the step on one thread (measured apart) moves least.",
+        "others' load (see the script's docstring: OpenMP spin-waiting); the CPU time of the step on one thread "
+        "(measured apart) moves least.",
         "",
         "## 1. The step (momentum update, forward, backward, SGD)",
         "",

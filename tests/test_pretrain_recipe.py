@@ -63,25 +63,19 @@ def _same_tensors(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-@pytest.mark.parametrize("augmentation", ["per-image", "batched", "batched-prefetch"])
-def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentation):
-    steps = ["--max_steps", "20", "--save_steps", "4"]  # 8 steps per epoch: the run crosses two epochs
-    if augmentation.startswith("batched"):
-        steps += ["--batched_augmentation", "true"]
+def _killed_and_resumed_equals_straight(tmp_path, steps: list[str], resumed_steps: list[str]) -> None:
+    """A straight run with `steps`, and one with `resumed_steps` killed after its step-8 checkpoint and
+    resumed, end with the same checkpoint and final model."""
     _run(*steps, "--output_dir", str(tmp_path / "straight"))
-    # With --prefetch (views made in a thread while the step runs) the interrupted run computes the same.
-    if augmentation.endswith("prefetch"):
-        steps += ["--prefetch", "true"]
-
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(
-        [sys.executable, str(RECIPE), *TINY, *steps, "--output_dir", str(interrupted)],
+        [sys.executable, str(RECIPE), *TINY, *resumed_steps, "--output_dir", str(interrupted)],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while not (interrupted / "checkpoints" / "step_8").exists() and process.poll() is None:
         assert time.time() < deadline, "the run never reached step 8"
         time.sleep(0.02)
@@ -89,7 +83,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentatio
     process.wait()
     assert not (interrupted / "final").exists(), "the run finished before it could be killed"
 
-    result = _run(*steps, "--output_dir", str(interrupted), "--resume", "latest")
+    result = _run(*resumed_steps, "--output_dir", str(interrupted), "--resume", "latest")
     assert "resumed from" in result.stdout
     _same_tensors(
         tmp_path / "straight" / "checkpoints" / "step_20" / "model.safetensors",
@@ -98,6 +92,22 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentatio
     _same_tensors(
         tmp_path / "straight" / "final" / "model.safetensors", interrupted / "final" / "model.safetensors"
     )
+
+
+@pytest.mark.parametrize("augmentation", ["per-image", "batched", "batched-prefetch"])
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentation):
+    steps = ["--max_steps", "20", "--save_steps", "4"]  # 8 steps per epoch: the run crosses two epochs
+    if augmentation.startswith("batched"):
+        steps += ["--batched_augmentation", "true"]
+    # With --prefetch (views made in a thread while the step runs) the interrupted run computes the same.
+    resumed = steps + (["--prefetch", "true"] if augmentation.endswith("prefetch") else [])
+    _killed_and_resumed_equals_straight(tmp_path, steps, resumed)
+
+
+@pytest.mark.slow
+def test_compiled_run_resumes_exactly(tmp_path):
+    steps = ["--max_steps", "20", "--save_steps", "4", "--batched_augmentation", "true", "--compile", "true"]
+    _killed_and_resumed_equals_straight(tmp_path, steps, steps)
 
 
 def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
