@@ -25,7 +25,7 @@ from .models import (
     image_processor_for,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(MoCoConfig.model_type, MoCoConfig, exist_ok=True)
 AutoModel.register(MoCoConfig, MoCoModel, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,12 +34,17 @@ Uploads safetensors weights (never .bin/.pt), config, image processor, model car
 results.json holds a list of {task_type, dataset_name, dataset_type, dataset_split, metric_type,
 metric_name, metric_value (accuracy as a fraction in [0, 1])}.""",
     "embed": """examples:
-  sslhub embed my-org/moco-v2-resnet18-cifar10 photos/ --output photos.safetensors
-  sslhub embed outputs/moco photos/ -o photos.npz --batch-size 64 --output-key projection
+  sslhub embed my-org/moco-v2-resnet18-cifar10 photos/ -o photos.safetensors
+  sslhub embed outputs/moco uoft-cs/cifar10 --split test -o cifar-test.parquet --num-workers 4
+  sslhub embed outputs/moco 'shards/*.parquet' -o emb.safetensors --shard-size 100000 --resume
+  sslhub embed outputs/moco photos/ -o photos.npz --output-key projection
 
-Reads images recursively (jpg, png, webp, ...), skipping unreadable files with a warning. The
-.safetensors file holds the tensor `embeddings` (N, D) and the metadata `files` (JSON list, same order);
-the .npz file holds the arrays `embeddings` and `files`.""",
+DATA is anything the recipes read: a folder of images (recursive), parquet files or a glob, a Hub dataset
+id, a save_to_disk folder, or `sample`. Images are decoded as in training and preprocessed as the model's
+image processor says; unreadable files are skipped and named. .safetensors holds the tensor `embeddings`
+and the metadata `ids` (JSON: file names relative to the folder, else row indices); .parquet the columns
+`id` and `embedding`; .npz the arrays `embeddings` and `files`. With --shard-size the files are
+STEM-00000-of-0000K.SUFFIX, each written atomically: --resume keeps the complete ones.""",
     "info": """examples:
   sslhub info outputs/moco
   sslhub info my-org/moco-v2-resnet18-cifar10      # from the Hub, or the cache with HF_HUB_OFFLINE=1
@@ -137,20 +141,27 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .embed import embed_images
+    from .embed import embed_dataset
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        embeddings, files = embed_images(
-            args.model,
-            args.images,
-            args.output,
-            batch_size=args.batch_size,
-            output_key=args.output_key,
-            device=args.device,
-            progress=not args.quiet,
-        )
-    print(f"wrote {args.output}: {embeddings.shape[0]} embeddings of size {embeddings.shape[1]}")
+    run = embed_dataset(
+        args.model,
+        args.data,
+        args.output,
+        split=args.split,
+        image_column=args.image_column,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        precision=args.precision,
+        device=args.device,
+        shard_size=args.shard_size,
+        resume=args.resume,
+        output_key=args.output_key,
+        progress=not args.quiet,
+    )
+    for name in run.unreadable:
+        print(f"skipped unreadable image {name}", file=sys.stderr)
+    files = run.files[0] if len(run.files) == 1 else f"{len(run.files)} files {run.files[0].name} ..."
+    print(f"wrote {files}: {run.rows} embeddings of size {run.dim}")
     return 0
 
 
@@ -263,15 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy-to", help="also copy the card there (e.g. model_cards/NAME.md)")
     p.set_defaults(func=_card)
 
-    p = add("embed", "Embed a folder of images into a .safetensors or .npz file.")
-    p.add_argument("model", help="model folder or Hub id")
-    p.add_argument("images", help="folder of images (searched recursively)")
-    p.add_argument("-o", "--output", required=True, help="output file: .safetensors or .npz")
-    p.add_argument("--batch-size", type=int, default=32)
+    p = add(
+        "embed", "Embed a dataset (folder, parquet, Hub id, ...) into .safetensors, .parquet or .npz files."
+    )
+    p.add_argument("model", help="model folder or Hub id (or timm:NAME)")
+    p.add_argument("data", help="folder of images, parquet file or glob, Hub dataset id, save_to_disk folder")
+    p.add_argument("-o", "--output", required=True, help="output file: .safetensors, .parquet or .npz")
+    p.add_argument("--split", default="train", help="the split to embed (default train)")
+    p.add_argument("--image-column", help="the image column, when it cannot be found")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding images")
+    p.add_argument("--precision", default="auto", help="auto (bf16 where native), no, bf16 or fp16")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--shard-size", type=int, help="rows per output file (default: one file)")
+    p.add_argument("--resume", action="store_true", help="keep the files an interrupted run completed")
     p.add_argument(
         "--output-key", default="pooler_output", help="model output to save (pooler_output, projection)"
     )
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_embed)
 

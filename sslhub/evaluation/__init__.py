@@ -8,7 +8,7 @@
   training curves.
 """
 
-from .features import cache_key, cached_features, cached_tensors, extract_features
+from .features import cache_key, cached_features, cached_tensors, embedded_batches, extract_features
 from .finetune import LinearClassifier, classifier_accuracy, classifier_logits, load_classifier
 from .knn import knn_accuracy, knn_predict, nearest_neighbours
 from .linear import LinearProbeResult, linear_probe
@@ -35,6 +35,7 @@ __all__ = [
     "classifier_accuracy",
     "classifier_logits",
     "embed",
+    "embedded_batches",
     "extract_features",
     "knn_accuracy",
     "knn_predict",

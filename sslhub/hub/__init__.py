@@ -31,20 +31,6 @@ from .publish import HubError, check_can_push, hub_endpoint, push_to_hub
 from .remote_code import add_remote_code, remote_code_files
 from .timm_export import export_timm
 
-# Embedding a folder of images moved to `sslhub.embed`; these names stay importable from here. They are
-# resolved on first use: `sslhub.embed` imports `sslhub.hub.folders` and the data module.
-_EMBED_NAMES = ("embed_images", "list_images", "load_embeddings")
-
-
-def __getattr__(name: str):
-    """The embedding functions of `sslhub.embed`, under their old `sslhub.hub` names."""
-    if name in _EMBED_NAMES:
-        from .. import embed
-
-        return getattr(embed, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "FAMILIES",
     "PAPERS",
@@ -57,11 +43,8 @@ __all__ = [
     "convert_checkpoint",
     "describe_model",
     "detect_layout",
-    "embed_images",
     "export_timm",
     "hub_endpoint",
-    "list_images",
-    "load_embeddings",
     "merge_eval_results",
     "moco_checkpoint_to_model",
     "push_to_hub",

@@ -109,6 +109,11 @@ class TrainingArguments:
     save_total_limit: int | None = setting(2, "checkpoints kept (older ones are removed)")
     resume: str | None = setting(None, "a checkpoint folder, or 'latest' in output_dir")
     log_steps: int = setting(10, "log the loss every N optimizer steps")
+    report_to: str | None = setting(
+        None,
+        "trackers, comma-separated: tensorboard, wandb, mlflow, trackio, aim, comet_ml; all; none; unset: the "
+        "installed ones among tensorboard and trackio",
+    )
     push_to_hub: bool = setting(False, "push the final model to the Hub")
     hub_model_id: str | None = setting(None, "Hub repo id of the pushed model (default: the run's name)")
     # the model
@@ -158,6 +163,9 @@ class TrainingArguments:
             raise ValueError(
                 "batched_augmentation needs a map-style dataset: drop streaming or batched_augmentation"
             )
+        from .accelerator import resolve_report_to
+
+        resolve_report_to(self.report_to)  # unknown or missing trackers fail here, before any work
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume={self.resume!r} is not a checkpoint folder; pass one, or 'latest'")
 
