@@ -13,6 +13,7 @@ from transformers import (
 
 from .models import (
     ColorizationConfig,
+    ColorizationForImageClassification,
     ColorizationForPreTraining,
     ColorizationModel,
     MoCoConfig,
@@ -21,6 +22,7 @@ from .models import (
     MoCoModel,
     StudentConfig,
     StudentForDistillation,
+    StudentForImageClassification,
     StudentModel,
     image_processor_for,
 )
@@ -35,12 +37,17 @@ AutoConfig.register(StudentConfig.model_type, StudentConfig, exist_ok=True)
 AutoModel.register(StudentConfig, StudentModel, exist_ok=True)
 # Loads without a teacher; attach one with `set_teacher` (or pass precomputed `teacher_embeddings`).
 AutoModelForPreTraining.register(StudentConfig, StudentForDistillation, exist_ok=True)
+AutoModelForImageClassification.register(StudentConfig, StudentForImageClassification, exist_ok=True)
 AutoConfig.register(ColorizationConfig.model_type, ColorizationConfig, exist_ok=True)
 AutoModel.register(ColorizationConfig, ColorizationModel, exist_ok=True)
 AutoModelForPreTraining.register(ColorizationConfig, ColorizationForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(
+    ColorizationConfig, ColorizationForImageClassification, exist_ok=True
+)
 
 __all__ = [
     "ColorizationConfig",
+    "ColorizationForImageClassification",
     "ColorizationForPreTraining",
     "ColorizationModel",
     "MoCoConfig",
@@ -49,6 +56,7 @@ __all__ = [
     "MoCoModel",
     "StudentConfig",
     "StudentForDistillation",
+    "StudentForImageClassification",
     "StudentModel",
     "image_processor_for",
 ]

@@ -295,12 +295,15 @@ def test_random_init_and_classifier(moco_folder, tmp_path):
     )
     timm_classifier = load_classifier("timm:test_resnet", num_labels=3, pretrained=False)
     assert timm_classifier(x).shape == (2, 3)
-    # A family without a registered classification head gets a linear layer on its pooled embedding.
+    # Every sslhub family registers a classification head (here colorization's); timm models get a
+    # `LinearClassifier` on their pooled embedding.
     ColorizationModel(ColorizationConfig(backbone="test_resnet", image_size=32)).save_pretrained(
         tmp_path / "color"
     )
     color_classifier = load_classifier(str(tmp_path / "color"), num_labels=4)
-    assert isinstance(color_classifier, LinearClassifier) and color_classifier(x).shape == (2, 4)
+    assert type(color_classifier).__name__ == "ColorizationForImageClassification"
+    assert color_classifier(x).logits.shape == (2, 4)
+    assert isinstance(timm_classifier, LinearClassifier)
     labelled = [{"pixel_values": x, "label": torch.tensor([0, 1])}]
     assert 0.0 <= classifier_accuracy(timm_classifier, labelled) <= 1.0
 

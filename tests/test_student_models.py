@@ -7,9 +7,15 @@ import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
+from sslhub import (
+    MoCoModel,
+    StudentConfig,
+    StudentForDistillation,
+    StudentForImageClassification,
+    StudentModel,
+)
 from sslhub.models.modeling_common import output_embedding
 from sslhub.models.modeling_student import TeacherAdapter
 from sslhub.training import assign_clusters, kmeans, load_teacher
@@ -23,7 +29,11 @@ BACKBONES = {
     "test_vit": {"img_size": 32, "patch_size": 8},
 }
 QUEUE_LOSSES = ("seed", "compress_1q", "compress_2q")
-AUTO_CLASS = {StudentModel: AutoModel, StudentForDistillation: AutoModelForPreTraining}
+AUTO_CLASS = {
+    StudentModel: AutoModel,
+    StudentForDistillation: AutoModelForPreTraining,
+    StudentForImageClassification: AutoModelForImageClassification,
+}
 
 
 def tiny_student(loss="seed", backbone="test_resnet", **overrides) -> StudentConfig:
@@ -49,9 +59,9 @@ def tiny_teacher(loss="seed") -> TeacherAdapter:
 
 
 def _build(model_class, backbone, loss="seed"):
-    config = tiny_student(loss, backbone)
-    if model_class is StudentModel:
-        return StudentModel(config), config
+    config = tiny_student(loss, backbone, num_labels=3)
+    if model_class is not StudentForDistillation:
+        return model_class(config), config
     return StudentForDistillation(config, teacher=tiny_teacher(loss)), config
 
 
@@ -62,6 +72,8 @@ def _images(batch=4):
 def _primary(output):
     if getattr(output, "loss", None) is not None:
         return output.loss
+    if "logits" in output:
+        return output.logits.pow(2).sum()
     return output.pooler_output.pow(2).sum() + output.projection.pow(2).sum()
 
 
@@ -74,7 +86,9 @@ class TestContract:
         if model_class is StudentModel:
             assert output.pooler_output.shape == (4, model.num_features)
             assert output.projection.shape == (4, config.teacher_dim)
-            assert list(output.keys())[0] == "pooler_output"
+            assert list(output.keys()) == ["last_hidden_state", "pooler_output", "projection"]
+        elif model_class is StudentForImageClassification:
+            assert output.logits.shape == (4, 3) and output.loss is None
         else:
             assert output.logits.shape == (4, 1 + config.queue_size)
             assert output.student_embeddings.shape == output.teacher_embeddings.shape == (4, 16)
@@ -126,7 +140,7 @@ class TestContract:
         reference = timm.create_model(config.backbone, num_classes=0, **(config.backbone_kwargs or {}))
         reference.load_state_dict(stripped, strict=True)
         reference.eval()
-        encoder = model if model_class is StudentModel else model.student
+        encoder = model.base_model
         x = torch.randn(2, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(reference(x), encoder.backbone(x), rtol=0, atol=0)
