@@ -215,6 +215,57 @@ def _export_timm(args: argparse.Namespace) -> int:
     return 0
 
 
+_EXPORT_EXAMPLES = {
+    "export": """examples:
+  sslhub export onnx outputs/moco/final moco.onnx
+  sslhub export timm outputs/moco/final outputs/moco-timm
+
+Run `sslhub export onnx --help` or `sslhub export timm --help` for the options of each format.""",
+    "onnx": """examples:
+  sslhub export onnx outputs/moco/final moco.onnx
+  sslhub export onnx my-org/moco-v2-resnet18-cifar10 moco-projection.onnx --output projection
+  python -c 'import onnxruntime; print(onnxruntime.InferenceSession("moco.onnx").get_inputs()[0].shape)'
+
+The graph takes `pixel_values` (batch, 3, H, W), float32, normalized as the folder's image processor
+(preprocessor_config.json) does, with a dynamic batch axis, and returns one model output (the pooled
+embedding by default). It is then run with ONNX Runtime at another batch size and compared with PyTorch.
+Needs the onnx extra: pip install 'sslhub[onnx]'.""",
+    "timm": _EXAMPLES["export-timm"].replace("sslhub export-timm", "sslhub export timm"),
+}
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .hub.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx, load_model
+
+    model = load_model(args.model)
+    opset = args.opset or DEFAULT_OPSET
+    try:
+        out = export_onnx(model, args.output_path, output=args.output, opset=opset, exporter=args.exporter)
+        if args.no_check:
+            print(f"wrote {out} (input pixel_values, output {args.output}, opset {opset})")
+            return 0
+        difference = check_onnx(model, out, output=args.output)
+    except (ImportError, RuntimeError) as error:
+        print(f"sslhub export onnx: error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {out} (input pixel_values, output {args.output}, opset {opset}); ONNX Runtime vs "
+        f"PyTorch on a batch of 3: max abs difference {difference:.1e}"
+    )
+    if difference > args.atol:
+        print(f"sslhub export onnx: error: the difference exceeds --atol {args.atol:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_export_timm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model folder or Hub id")
+    p.add_argument("output_dir", help="the timm folder to write")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--source-repo-id", help="Hub id of the full sslhub model, linked from the card")
+    p.set_defaults(func=_export_timm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `sslhub` command (one subparser per subcommand)."""
     parser = argparse.ArgumentParser(
@@ -299,12 +350,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
-    p = add("export-timm", "Write a model's backbone in timm's Hub format.")
-    p.add_argument("model", help="model folder or Hub id")
-    p.add_argument("output_dir", help="the timm folder to write")
-    p.add_argument("--license", default="apache-2.0")
-    p.add_argument("--source-repo-id", help="Hub id of the full sslhub model, linked from the card")
-    p.set_defaults(func=_export_timm)
+    p = add("export-timm", "Write a model's backbone in timm's Hub format (alias of `sslhub export timm`).")
+    _add_export_timm_arguments(p)
+
+    p = sub.add_parser(
+        "export",
+        help="Export a model: its embedding to ONNX, or its backbone in timm's Hub format.",
+        description="Export a model: its embedding to ONNX, or its backbone in timm's Hub format.",
+        epilog=_EXPORT_EXAMPLES["export"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+
+    def add_format(name: str, help: str) -> argparse.ArgumentParser:
+        return formats.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=_EXPORT_EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add_format(
+        "onnx", "Export a model's embedding to ONNX (dynamic batch axis, float32), checked with ONNX Runtime."
+    )
+    p.add_argument("model", help="model folder or Hub id of an sslhub model")
+    p.add_argument("output_path", help="the .onnx file to write")
+    p.add_argument(
+        "--output",
+        default="pooler_output",
+        help="model output to export: pooler_output (default), projection",
+    )
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18, the dynamo exporter's own)")
+    p.add_argument(
+        "--exporter",
+        choices=("dynamo", "torchscript"),
+        default="dynamo",
+        help="torch.onnx.export(dynamo=True), the default, or the deprecated TorchScript exporter",
+    )
+    p.add_argument("--atol", type=float, default=1e-4, help="largest difference the check accepts (1e-4)")
+    p.add_argument("--no-check", action="store_true", help="skip the comparison with ONNX Runtime")
+    p.set_defaults(func=_export_onnx)
+
+    p = add_format("timm", "Write a model's backbone in timm's Hub format (also `sslhub export-timm`).")
+    _add_export_timm_arguments(p)
     return parser
 
 

@@ -52,7 +52,8 @@ class _SelectOutput(nn.Module):
         return self.model(pixel_values=pixel_values)[self.output]
 
 
-def _load(model: nn.Module | str | os.PathLike) -> nn.Module:
+def load_model(model: nn.Module | str | os.PathLike) -> nn.Module:
+    """A model as given, or the inference model of a folder / Hub id (`AutoModel`)."""
     if isinstance(model, nn.Module):
         return model
     from transformers import AutoModel
@@ -108,7 +109,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
     _require("onnx", *(["onnxscript"] if exporter == "dynamo" else []))
-    model = _load(model)
+    model = load_model(model)
     was_training, parameter = model.training, next(model.parameters())
     model.cpu().float().eval()
     _check_output(model, output)
@@ -175,7 +176,7 @@ def check_onnx(
     _require("onnxruntime")
     import onnxruntime
 
-    model = _load(model)
+    model = load_model(model)
     was_training = model.training
     model.eval()
     pixel_values = _probe(model, batch_size, seed=1)
