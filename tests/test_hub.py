@@ -56,8 +56,9 @@ def test_pipeline_returns_pooled_embedding(published):
     processor = AutoImageProcessor.from_pretrained(published["folder"])
     model = MoCoModel.from_pretrained(published["folder"]).eval()
     with torch.no_grad():
-        expected = model(**processor(images=image, return_tensors="pt")).pooler_output
-    for kwargs in ({}, {"pool": True}):
+        output = model(**processor(images=image, return_tensors="pt"))
+    # pool=True: the pooled embedding; without it, last_hidden_state, as for transformers' own models.
+    for kwargs, expected in (({"pool": True}, output.pooler_output), ({}, output.last_hidden_state)):
         features = extractor(image, return_tensors=True, **kwargs)
         torch.testing.assert_close(features.reshape(expected.shape), expected)
 
