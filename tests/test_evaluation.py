@@ -243,6 +243,7 @@ def test_extract_features_across_two_processes():
 @pytest.fixture(scope="module")
 def moco_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("moco")
+    torch.manual_seed(1234)  # other weights than a fresh model drawn after the tests' seed 0
     MoCoModel(tiny_moco_v2()).save_pretrained(folder)
     return folder
 
@@ -362,19 +363,22 @@ def _recipe():
     return module
 
 
-@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune"])
+@pytest.mark.parametrize("protocol", ["knn", "linear", "linear-fast", "finetune"])
 def test_recipe_writes_results(protocol, moco_folder, tmp_path):
     recipe = _recipe()
-    cfg = recipe.EvalConfig(
+    cfg = recipe.EvalArguments(
         model=str(moco_folder),
-        train_dataset="sample",
+        dataset="sample",
         protocol=protocol,
         max_train_samples=200,
         max_eval_samples=100,
         batch_size=50,
         num_workers=0,
         epochs=2 if protocol == "finetune" else 20,
-        k=20,
+        linear_learning_rates=[0.03, 0.3],
+        linear_weight_decays=[0.0, 1e-4],
+        knn_k=20,
+        mixed_precision="no",  # the process's Accelerator state is shared with the other tests
         output_dir=str(tmp_path / "out"),
         cache_dir=str(tmp_path / "cache"),
         plots=protocol == "finetune",
@@ -389,6 +393,7 @@ def test_recipe_writes_results(protocol, moco_folder, tmp_path):
         == {
             "knn": "kNN top-1 (k=20, T=0.1)",
             "linear": "linear probe top-1",
+            "linear-fast": "linear probe top-1 (one setting)",
             "finetune": "fine-tuning top-1",
         }[protocol]
     )
@@ -434,9 +439,9 @@ def test_demo_model_beats_random_init(tmp_path):
     recipe = _recipe()
     accuracy = {}
     for random_init in (False, True):
-        cfg = recipe.EvalConfig(
+        cfg = recipe.EvalArguments(
             model=str(tmp_path / "demo" / "final"),
-            train_dataset="sample",
+            dataset="sample",
             protocol="knn",
             random_init=random_init,
             num_workers=0,

@@ -49,6 +49,9 @@ class TrainingArguments:
     """
 
     model_config: ClassVar[type | None] = None  # the config class of the `model` section
+    renamed_settings: ClassVar[
+        dict[str, str]
+    ] = {}  # an old name -> its new name (still read, with a warning)
     model_fields_set_by_recipe: ClassVar[tuple[str, ...]] = ()  # config fields the recipe fills itself
     legacy_model_names: ClassVar[dict[str, str]] = {}  # old flat spelling -> model field
 
@@ -366,6 +369,10 @@ def _flag_name(token: str) -> str | None:
     return token[2:].partition("=")[0].replace("-", "_")
 
 
+def _warn_renamed(old: str, new: str) -> None:
+    print(f"warning: the setting {old} is now called {new}", file=sys.stderr)
+
+
 def _warn_flat(name: str, model_name: str) -> None:
     print(
         f"warning: {name} is a model setting: write --model.{model_name} on the command line, "
@@ -432,7 +439,11 @@ def parse_args(cls: type, argv: list[str] | None = None):
             raise SystemExit(f"error: {config_file} must hold a mapping of settings")
         if has_section:
             model.update(section.check(loaded.pop(MODEL_SECTION, None) or {}, config_file))
+        renamed = getattr(cls, "renamed_settings", {})
         for name, value in loaded.items():
+            if name in renamed:
+                _warn_renamed(name, renamed[name])
+                name = renamed[name]
             flat = section.flat_name(name)
             if flat is not None:
                 _warn_flat(name, flat)
@@ -446,6 +457,13 @@ def parse_args(cls: type, argv: list[str] | None = None):
                     defaults[name] = _convert(name, value, hints[name])
                 except ValueError as error:
                     raise SystemExit(f"error: {error} ({config_file})") from None
+
+    renamed = getattr(cls, "renamed_settings", {})
+    for position, token in enumerate(rest):
+        old = _flag_name(token)
+        if old in renamed:
+            _warn_renamed(old, renamed[old])
+            rest[position] = token.replace(token[2:].partition("=")[0], renamed[old], 1)
 
     # Flat spellings of model settings on the command line move to the model section.
     remaining: list[str] = []
