@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .hub.zoo import from_zoo
 from .models import (
     ColorizationConfig,
     ColorizationForPreTraining,
@@ -50,5 +51,6 @@ __all__ = [
     "StudentConfig",
     "StudentForDistillation",
     "StudentModel",
+    "from_zoo",
     "image_processor_for",
 ]
