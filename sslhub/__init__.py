@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .hub.zoo import from_zoo
 from .models import (
     ColorizationConfig,
     ColorizationForImageClassification,
@@ -58,5 +59,6 @@ __all__ = [
     "StudentForDistillation",
     "StudentForImageClassification",
     "StudentModel",
+    "from_zoo",
     "image_processor_for",
 ]

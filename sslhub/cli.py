@@ -10,6 +10,8 @@ from pathlib import Path
 
 _EXAMPLES = {
     "convert": """examples:
+  sslhub convert moco-v2-resnet50-800ep                   # a model of `sslhub zoo`, by name
+  sslhub convert moco-v3-vit-small-300ep outputs/moco-v3-vit-s
   sslhub convert moco_v2_800ep_pretrain.pth.tar moco-v2-r50
   sslhub convert r-50-300ep.pth.tar moco-v3-r50 --arch resnet50
   sslhub convert vit-s-300ep.pth.tar moco-v3-vit-s --arch vit_small
@@ -17,7 +19,12 @@ _EXAMPLES = {
 
 Reads official MoCo v1/v2 (`module.encoder_q.*`, `fc` or `fc.0/fc.2` head) and MoCo v3
 (`module.base_encoder.*`, ResNet or ViT) checkpoints, with or without `module.`, using
-torch.load(weights_only=True). Writes a MoCoModel folder with its image processor, remote code and card.""",
+torch.load(weights_only=True). Writes a MoCoModel folder with its image processor, remote code and card.
+
+A zoo name (a CHECKPOINT that is not a file) downloads the authors' checkpoint into HF_HOME/sslhub
+(progress bar; an interrupted download resumes; SSLHUB_ZOO_MIRROR=URL takes the files from a mirror),
+checks its size, MD5 and layout, and converts it into OUTPUT_DIR (default HF_HOME/sslhub/models/NAME) with
+a card that carries the accuracy the authors report. A folder already converted is reused.""",
     "push": """examples:
   sslhub push outputs/moco-v2-cifar10 --repo-id my-org/moco-v2-resnet18-cifar10 --dry-run
   sslhub push outputs/moco-v2-cifar10 --repo-id my-org/moco-v2-resnet18-cifar10 --include-timm
@@ -49,6 +56,14 @@ STEM-00000-of-0000K.SUFFIX, each written atomically: --resume keeps the complete
   sslhub info outputs/moco
   sslhub info my-org/moco-v2-resnet18-cifar10      # from the Hub, or the cache with HF_HUB_OFFLINE=1
   sslhub info outputs/moco --json""",
+    "zoo": """examples:
+  sslhub zoo                                   # every model sslhub knows, with the accuracy its source reports
+  sslhub zoo --method moco-v3 --backbone 'vit*'
+  sslhub zoo --json
+  sslhub zoo show moco-v2-resnet50-800ep       # one model: its source, its numbers, how to load it
+
+Official checkpoints load with `sslhub convert NAME` (or `sslhub.from_zoo(NAME)` in Python); the models
+trained here name the command that trains them. Reported accuracies are the sources' numbers.""",
     "export-timm": """examples:
   sslhub export-timm outputs/moco outputs/moco-timm
   python -c 'import timm; timm.create_model("local-dir:outputs/moco-timm", pretrained=True)'
@@ -60,16 +75,30 @@ model.safetensors, README.md). Small-input (CIFAR) stems cannot be exported: tim
 
 def _convert(args: argparse.Namespace) -> int:
     from .hub.convert import convert_checkpoint
+    from .hub.zoo import convert_zoo_model, zoo_entry
 
-    kwargs = json.loads(args.backbone_kwargs) if args.backbone_kwargs else None
-    out = convert_checkpoint(
-        args.checkpoint,
-        args.output_dir,
+    options = dict(
         arch=args.arch,
         backbone=args.backbone,
-        backbone_kwargs=kwargs,
+        backbone_kwargs=json.loads(args.backbone_kwargs) if args.backbone_kwargs else None,
         image_size=args.image_size,
-        model_name=args.name,
+    )
+    if not Path(args.checkpoint).exists():  # not a file: a name of the zoo
+        try:
+            entry = zoo_entry(args.checkpoint)
+        except ValueError as error:
+            raise ValueError(f"no file {args.checkpoint!r}, and {error}") from None
+        out = convert_zoo_model(
+            entry.name, args.output_dir, force=args.force, progress=not args.quiet, **options
+        )
+        print(f"{entry.name} is ready in {out}")
+        print(f"  load it:    AutoModel.from_pretrained({str(out)!r})  (after `import sslhub`)")
+        print(f"  publish it: sslhub push {out} --repo-id ORG/{entry.name}")
+        return 0
+    if args.output_dir is None:
+        raise ValueError(f"converting the file {args.checkpoint} needs an OUTPUT_DIR")
+    out = convert_checkpoint(
+        args.checkpoint, args.output_dir, model_name=args.name, license=args.license, **options
     )
     print(f"wrote {out} (MoCoModel, image processor, remote code, README.md)")
     return 0
@@ -207,6 +236,84 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_show(entry) -> None:
+    """Print one zoo entry, its sources and how to load it (`sslhub zoo show NAME`)."""
+    from .hub.zoo import zoo_cache_dir
+
+    print(entry.name)
+    rows = [
+        ("method", entry.method),
+        ("backbone (timm)", entry.backbone),
+        ("training data", f"{entry.data}, {entry.epochs:g} epochs"),
+        ("weights", entry.url and entry.url + (f" (MD5 {entry.md5_prefix}...)" if entry.md5_prefix else "")),
+        ("hub id", entry.hub_id or "none published yet"),
+        ("license", entry.license),
+        ("notes", entry.notes or None),
+    ]
+    for label, value in rows:
+        if value:
+            print(f"  {label + ':':17}{value}")
+    print("  reported by the authors (not measured by sslhub):" if entry.url else "  measured here:")
+    for r in entry.results:
+        print(f"    {r.metric}: {r.value:g}% on {r.dataset} [{r.split}]")
+        print(f"      source: {r.source} <{r.source_url}>")
+    if entry.url or entry.hub_id:
+        folder = zoo_cache_dir() / "models" / entry.name
+        print("how to load it:")
+        if entry.url:
+            print(f"  sslhub convert {entry.name}    # download, check, convert into {folder}")
+        snippet = f'AutoModel.from_pretrained("{entry.hub_id or folder}")'
+        print(f"  python -c 'import sslhub; from transformers import AutoModel; {snippet}'")
+        print(f'  or in Python, in one step: model = sslhub.from_zoo("{entry.name}")')
+    else:
+        print("how to get it (not published yet):")
+        print(f"  {entry.train_command}    # its card: {entry.card}")
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .hub.zoo import list_models, markdown_table, reported_scores, zoo_entry
+
+    def as_json(entry) -> dict:
+        return {**asdict(entry), "filename": entry.filename}
+
+    if args.zoo_command == "show":
+        entry = zoo_entry(args.name)
+        if args.json:
+            print(json.dumps(as_json(entry), indent=2))
+        else:
+            _zoo_show(entry)
+        return 0
+    entries = list_models(method=args.method, backbone=args.backbone)
+    if not entries:
+        raise ValueError(f"no model matches --method {args.method} --backbone {args.backbone}")
+    if args.json:
+        print(json.dumps([as_json(e) for e in entries], indent=2))
+        return 0
+    if args.markdown:
+        print(markdown_table(entries))
+        return 0
+    header = ("name", "method", "backbone", "data", "epochs", "reported top-1, % (split)", "get it")
+    rows = [
+        (
+            e.name,
+            e.method,
+            e.backbone,
+            e.dataset_id,
+            f"{e.epochs:g}",
+            reported_scores(e),
+            e.hub_id or (f"sslhub convert {e.name}" if e.url else "train it (see `show`)"),
+        )
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"\n{len(rows)} models; `sslhub zoo show NAME` for the sources and how to load one.")
+    return 0
+
+
 def _export_timm(args: argparse.Namespace) -> int:
     from .hub.timm_export import export_timm
 
@@ -287,15 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "convert", "Convert an official MoCo v1/v2/v3 checkpoint into an sslhub model folder with a card."
     )
-    p.add_argument("checkpoint", help="the .pth.tar checkpoint (or a .safetensors state dict)")
-    p.add_argument("output_dir", help="the sslhub folder to write")
+    p.add_argument(
+        "checkpoint", help="the .pth.tar checkpoint (or a .safetensors state dict), or a name of `sslhub zoo`"
+    )
+    p.add_argument(
+        "output_dir",
+        nargs="?",
+        help="the sslhub folder to write (for a zoo name: HF_HOME/sslhub/models/NAME)",
+    )
     p.add_argument("--arch", help="override the checkpoint's `arch` (resnet50, vit_small, ...)")
     p.add_argument("--backbone", help="timm model name to use instead of the derived one")
     p.add_argument("--backbone-kwargs", help="JSON of extra timm.create_model arguments")
     p.add_argument(
         "--image-size", type=int, help="input size of the image processor (default 224, 32 for CIFAR stems)"
     )
-    p.add_argument("--name", help="model name in the card (default: the output folder name)")
+    p.add_argument("--name", help="model name in the card (default: the output folder name; files only)")
+    p.add_argument("--license", default="apache-2.0", help="license id of the weights (files only)")
+    p.add_argument("--force", action="store_true", help="zoo names: convert again even if already converted")
+    p.add_argument("-q", "--quiet", action="store_true", help="no download progress bar")
     p.set_defaults(func=_convert)
 
     p = add("push", "Publish a saved model folder to the Hugging Face Hub.")
@@ -350,6 +466,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
+    p = add("zoo", "List the models sslhub knows (the model zoo), or show one and how to load it.")
+    p.add_argument(
+        "--method", help="keep models whose method contains this (moco, moco-v2, distillation, ...)"
+    )
+    p.add_argument("--backbone", help="keep models whose timm backbone matches this (resnet50, 'vit_*')")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--markdown", action="store_true", help="print the README's Markdown table")
+    p.set_defaults(func=_zoo, zoo_command=None)
+    zoo_sub = p.add_subparsers(dest="zoo_command", metavar="show NAME")
+    show = zoo_sub.add_parser("show", help="one model: its source, its reported accuracy, how to load it")
+    show.add_argument("name", help="the model's name")
+    show.add_argument("--json", action="store_true", help="print JSON")
+
+
     p = add("export-timm", "Write a model's backbone in timm's Hub format (alias of `sslhub export timm`).")
     _add_export_timm_arguments(p)
 
@@ -401,11 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `sslhub` command; returns the exit status (1 with a one-line message on a user error)."""
     args = build_parser().parse_args(argv)
     from .hub.convert import CheckpointError
+    from .hub.download import DownloadError
     from .hub.publish import HubError
 
     try:
         return args.func(args)
-    except (HubError, CheckpointError, ValueError, FileNotFoundError) as error:
+    except (HubError, CheckpointError, DownloadError, ValueError, FileNotFoundError) as error:
         print(f"sslhub {args.command}: error: {error}", file=sys.stderr)
         return 1
 

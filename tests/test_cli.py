@@ -16,7 +16,7 @@ from sslhub.embed import load_embeddings
 
 from .helpers import tiny_moco_v2
 
-COMMANDS = ("convert", "push", "card", "embed", "info", "export-timm")
+COMMANDS = ("convert", "push", "card", "embed", "info", "zoo", "export-timm")
 RESULT = dict(
     task_type="image-classification",
     dataset_name="CIFAR-10",
