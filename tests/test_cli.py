@@ -3,6 +3,8 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
+import sslhub
 from sslhub import MoCoModel
 from sslhub.cli import main
 from sslhub.embed import load_embeddings
@@ -47,8 +50,22 @@ def test_every_command_has_help_with_examples(command, capsys):
 def test_entry_point_is_declared():
     from importlib.metadata import entry_points
 
+    import sslhub_cli
+
     (script,) = entry_points(group="console_scripts", name="sslhub")
-    assert script.value == "sslhub.cli:main" and script.load() is main
+    assert script.value == "sslhub_cli:main" and script.load() is sslhub_cli.main
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["embed", "--help"], ["export", "onnx", "--help"]]
+)
+def test_help_and_version_answer_without_importing_torch(argv):
+    code = f"import sys, sslhub_cli\ntry:\n    sslhub_cli.main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0\n"
+    code += "assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if argv == ["--version"]:
+        assert result.stdout.strip() == f"sslhub {sslhub.__version__}"
 
 
 def _folder_of_images(root):
