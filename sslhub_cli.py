@@ -160,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name (title and model-index name)")
     p.add_argument("--family", help='the method, e.g. "MoCo v2"')
     p.add_argument("--paper", help="moco-v1, moco-v2, moco-v3, seed, compress, colorization, or a citation")
-    p.add_argument("--base-model", help="Hub id of the teacher (distilled students)")
+    p.add_argument(
+        "--base-model",
+        help="the model this one comes from: a teacher or an init_from model (metadata if a Hub id)",
+    )
     p.add_argument("--dataset", action="append", default=[], help="Hub id of a training dataset (repeatable)")
     p.add_argument("--reproduce", help="the command that reproduces the model")
     p.add_argument("--training-summary", help="JSON file of training settings shown in a table")

@@ -32,6 +32,7 @@ from .download import DownloadError, download_file
 from .folders import describe_model, resolve_model_dir
 from .publish import HubError, check_can_push, hub_endpoint, push_to_hub
 from .remote_code import add_remote_code, remote_code_files
+from .onnx_export import check_onnx, export_onnx
 from .timm_export import export_timm
 from .zoo import (
     ReportedResult,
@@ -55,11 +56,13 @@ __all__ = [
     "ZooEntry",
     "add_remote_code",
     "check_can_push",
+    "check_onnx",
     "convert_checkpoint",
     "convert_zoo_model",
     "describe_model",
     "detect_layout",
     "download_file",
+    "export_onnx",
     "export_timm",
     "from_zoo",
     "hub_endpoint",
