@@ -30,9 +30,9 @@ from .convert import (
 )
 from .download import DownloadError, download_file
 from .folders import describe_model, resolve_model_dir
+from .onnx_export import check_onnx, export_onnx
 from .publish import HubError, check_can_push, hub_endpoint, push_to_hub
 from .remote_code import add_remote_code, remote_code_files
-from .onnx_export import check_onnx, export_onnx
 from .timm_export import export_timm
 from .zoo import (
     ReportedResult,
