@@ -22,12 +22,12 @@ test-slow: $(STAMP)  ## the slow tests (multi-process runs, longer trainings)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "slow and not hub"
 
 lint: $(STAMP)
-	$(BIN)/ruff check sslhub recipes tests bench
-	$(BIN)/ruff format --check sslhub recipes tests bench
+	$(BIN)/ruff check sslhub sslhub_cli.py recipes tests bench scripts
+	$(BIN)/ruff format --check sslhub sslhub_cli.py recipes tests bench scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format sslhub recipes tests bench
-	$(BIN)/ruff check --fix sslhub recipes tests bench
+	$(BIN)/ruff format sslhub sslhub_cli.py recipes tests bench scripts
+	$(BIN)/ruff check --fix sslhub sslhub_cli.py recipes tests bench scripts
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,31 +1,36 @@
-"""Evaluate a model's features on a labelled dataset: weighted kNN, linear probe or full fine-tuning.
+"""Evaluate a model's features on a labelled dataset: weighted kNN, linear probes, or full fine-tuning.
 
-    python recipes/evaluate.py --model outputs/demo/final --train_dataset sample --protocol knn --plots
-    python recipes/evaluate.py --model outputs/demo/final --train_dataset sample --protocol linear \
+    python recipes/evaluate.py --model outputs/demo/final --dataset sample --protocol knn --plots
+    python recipes/evaluate.py --model outputs/demo/final --dataset sample --protocol linear \
         --cache_dir ~/.cache/sslhub/features
-    python recipes/evaluate.py --model timm:resnet18 --image_size 32 --train_dataset uoft-cs/cifar10 \
+    python recipes/evaluate.py --model timm:resnet18 --image_size 32 --dataset uoft-cs/cifar10 \
         --protocol knn                                   # a supervised timm baseline
-    accelerate launch recipes/evaluate.py --model org/moco-v2-r50 --train_dataset ILSVRC/imagenet-1k \
-        --eval_split validation --protocol linear --temperature 0.07
+    accelerate launch recipes/evaluate.py --model org/moco-v2-r50 --dataset ILSVRC/imagenet-1k \
+        --eval_split validation --protocol finetune --layer_decay 0.75 --knn_temperature 0.07
 
 `--model` is an sslhub folder or Hub id, `timm:<name>`, or any transformers image model. The training
-split is the kNN bank / the probe's training set; accuracy is top-1 on the evaluation split. The run
-writes `output_dir/results.json` (accuracy and settings), PNG pictures with `--plots`, and adds the
-result to the `model-index` of the model card when the model is a local sslhub folder. Settings: the
-defaults below, then a `--config` YAML file, then `--field value` overrides (`--help` lists them).
+split (`--dataset`, `--split`) is the kNN bank, the probe's or the fine-tuning's training set; accuracy is
+top-1 on the evaluation split. Protocols:
+- `knn`: weighted kNN (InstDisc: k=200, T=0.1) on frozen features;
+- `linear`: the field's linear protocol: a class-balanced 10% of the training set held out, learning rate and
+  weight decay swept on it, the test accuracy of the best setting retrained on the whole training set;
+- `linear-fast`: one linear probe with the given settings (seconds on cached features);
+- `finetune`: the whole encoder and a new linear head, trained through the same loop as the pre-training
+  recipes (checkpoints, `--resume latest`, logs), AdamW with timm's parameter groups (no decay on biases,
+  norms, position embeddings) and optional layer-wise learning-rate decay (`--layer_decay`).
+The run writes `output_dir/results.json`, PNG pictures with `--plots`, and adds the result to the
+`model-index` of the model card when the model is a local sslhub folder. Settings: the defaults below, then
+a `--config` YAML file, then `--name value` overrides (`--help` lists them).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 
 import sslhub
@@ -35,7 +40,6 @@ from sslhub.data import (
     collate,
     dataset_card_name,
     decode_image,
-    finetune_transform,
     load_image_dataset,
 )
 from sslhub.evaluation import (
@@ -46,6 +50,7 @@ from sslhub.evaluation import (
     extract_features,
     knn_accuracy,
     linear_probe,
+    linear_probe_sweep,
     load_classifier,
     load_encoder,
     metric_name,
@@ -53,52 +58,59 @@ from sslhub.evaluation import (
     update_model_card,
     write_results,
 )
-from sslhub.training import cosine_lr, parse_args, set_lr, setting
+from sslhub.models.configuration_common import check_choice
+from sslhub.training import (
+    Checkpointer,
+    RunLength,
+    RunLogger,
+    TrainingArguments,
+    create_accelerator,
+    create_finetune_optimizer,
+    learning_rate_at,
+    micro_batches,
+    parse_args,
+    pretraining_loader,
+    scaled_lr,
+    set_lr,
+    setting,
+)
 
-PROTOCOLS = ("knn", "linear", "finetune")
+PROTOCOLS = ("knn", "linear", "linear-fast", "finetune")
 
 
 @dataclass
-class EvalArguments:
-    """Evaluation settings: model, labelled data, protocol and outputs."""
+class EvalArguments(TrainingArguments):
+    """Evaluation settings: the model, the labelled data, the protocol (the rest is shared with training)."""
 
-    # model
+    renamed_settings = {"train_dataset": "dataset", "k": "knn_k", "temperature": "knn_temperature"}
+
     model: str = setting(
         "outputs/demo/final", "sslhub folder or Hub id, timm:<name>, or a transformers image model"
     )
+    protocol: str = setting("knn", "knn, linear (validation sweep), linear-fast (one probe) or finetune")
     pretrained: bool = setting(True, "timm models: load timm's pretrained weights")
     random_init: bool = setting(False, "the same architecture with fresh weights: the random-init baseline")
     image_size: int | None = setting(None, "evaluate at this resolution instead of the model's own")
     crop_pct: float | None = setting(
         None, "resize to image_size / crop_pct, then centre-crop; unset: the model's"
     )
-    # data: a Hub id, image folder, parquet file/glob, or "sample"; one dataset with two splits, or two
-    train_dataset: str = setting("sample", "labelled training data: the kNN bank / the probe's training set")
-    eval_dataset: str | None = setting(None, "labelled evaluation data (default: train_dataset)")
-    split: str = setting("train", "split of train_dataset")
+    eval_dataset: str | None = setting(None, "labelled evaluation data (default: dataset)")
     eval_split: str | None = setting(
-        None, "'test' for the same dataset; else the first of test/validation/train found"
+        None, "'test' for the same dataset; else the first of test/validation/train"
     )
-    image_column: str | None = setting(None, "the image column; found automatically when unset")
-    label_column: str | None = setting(None, "the label column; found automatically when unset")
     max_train_samples: int | None = setting(None, "a random subset (seeded) of the training data")
     max_eval_samples: int | None = setting(None, "a random subset (seeded) of the evaluation data")
-    # protocol
-    protocol: str = setting("knn", "knn, linear or finetune")
-    k: int = setting(200, "kNN neighbours (InstDisc)")
-    temperature: float = setting(0.1, "kNN vote weights exp(s / T): 0.1 on CIFAR, 0.07 on ImageNet")
-    epochs: int | None = setting(None, "linear: 100 (over cached features), finetune: 30")
-    learning_rate: float | None = setting(None, "linear: 0.1 (SGD, standardized features), finetune: 5e-4")
-    weight_decay: float | None = setting(None, "linear: 0, finetune: 0.05")
-    optimizer: str | None = setting(None, "linear: sgd or adamw (default sgd); finetune uses AdamW")
-    warmup_epochs: float = setting(1.0, "finetune: linear warmup before the cosine decay")
+    # linear protocol
+    val_fraction: float = setting(0.1, "linear: the class-balanced part of the training set held out")
+    linear_learning_rates: list[float] = setting([0.01, 0.03, 0.1, 0.3, 1.0], "linear: learning rates swept")
+    linear_weight_decays: list[float] = setting([0.0, 1e-5, 1e-4, 1e-3], "linear: weight decays swept")
+    # fine-tuning
+    layer_decay: float | None = setting(None, "finetune: layer-wise lr decay (e.g. 0.75); unset: none")
     min_crop_scale: float = setting(0.08, "finetune: RandomResizedCrop scale lower bound (0.2-0.5 at 32x32)")
-    batch_size: int = setting(256, "images per process")
-    mixed_precision: str = setting("no", "'no', 'bf16' or 'fp16'")
-    num_workers: int = setting(2, "DataLoader worker processes")
-    seed: int = setting(0, "seed of subsets, the probe and fine-tuning")
+    batch_size: int = setting(256, "images per process and micro-batch")
+    output_dir: str = setting("outputs/eval", "results.json, pictures and fine-tuning checkpoints go here")
+    save_steps: int = setting(10**9, "finetune: checkpoint every N optimizer steps (and at the end)")
     # outputs
-    output_dir: str = setting("outputs/eval", "results.json and pictures go here")
     cache_dir: str | None = setting(
         None, "cache extracted features here (safetensors, keyed on model + data)"
     )
@@ -108,269 +120,333 @@ class EvalArguments:
     )
     update_card: bool = setting(True, "add the result to the model card of a local sslhub model folder")
 
+    def training_preset(self) -> dict:
+        if self.protocol == "finetune":  # DeiT / MAE-style fine-tuning, short
+            return dict(
+                optimizer="adamw",
+                learning_rate=5e-4,
+                weight_decay=0.05,
+                lr_schedule="cosine",
+                warmup_epochs=1.0,
+                epochs=30,
+            )
+        # linear probes on standardized frozen features (`epochs` passes over the cached features)
+        return dict(
+            optimizer="sgd",
+            learning_rate=0.1,
+            weight_decay=0.0,
+            lr_schedule="cosine",
+            warmup_epochs=0.0,
+            epochs=100,
+        )
 
-EvalConfig = EvalArguments  # the name of sslhub 0.1
+    def __post_init__(self) -> None:
+        check_choice("protocol", self.protocol, PROTOCOLS)
+        super().__post_init__()
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
-def load_split(cfg: EvalArguments, source: str, split: str, max_samples: int | None):
-    dataset = load_image_dataset(source, split, image_column=cfg.image_column, label_column=cfg.label_column)
+def load_split(args: EvalArguments, source: str, split: str, max_samples: int | None):
+    dataset = load_image_dataset(
+        source, split, image_column=args.image_column, label_column=args.label_column
+    )
     if "label" not in dataset.column_names:
         raise ValueError(f"{source!r} ({split}) has no label column; pass --label_column")
     if max_samples is not None and max_samples < len(dataset):
-        dataset = dataset.shuffle(seed=cfg.seed).select(
+        dataset = dataset.shuffle(seed=args.seed).select(
             range(max_samples)
         )  # datasets are often sorted by class
     return dataset
 
 
-def load_eval_split(cfg: EvalArguments):
-    if cfg.eval_dataset is None or cfg.eval_split is not None:
-        split = cfg.eval_split or "test"
-        return load_split(cfg, cfg.eval_dataset or cfg.train_dataset, split, cfg.max_eval_samples), split
+def load_eval_split(args: EvalArguments):
+    if args.eval_dataset is None or args.eval_split is not None:
+        split = args.eval_split or "test"
+        return load_split(args, args.eval_dataset or args.dataset, split, args.max_eval_samples), split
     for split in ("test", "validation", "train"):  # a separate file or folder often holds one "train" split
         try:
-            return load_split(cfg, cfg.eval_dataset, split, cfg.max_eval_samples), split
+            return load_split(args, args.eval_dataset, split, args.max_eval_samples), split
         except ValueError as error:
             if "split" not in str(error).lower():
                 raise
-    raise ValueError(f"no test, validation or train split in {cfg.eval_dataset!r}; pass --eval_split")
+    raise ValueError(f"no test, validation or train split in {args.eval_dataset!r}; pass --eval_split")
 
 
-def main(cfg: EvalArguments) -> dict:
-    if cfg.protocol not in PROTOCOLS:
-        raise SystemExit(f"error: --protocol must be one of {list(PROTOCOLS)}, got {cfg.protocol!r}")
-    started = time.perf_counter()
-    output_dir = Path(cfg.output_dir)
+def features_of(args, accelerator, encoder, splits: dict) -> dict:
+    """`{name: (features, labels, indices)}` of every split, from the feature cache when it has them."""
+    model = accelerator.prepare_model(encoder.model, evaluation_mode=True)
+    features = {}
+    for name, (source, split, dataset, limit) in splits.items():
+        # The cache key holds everything the features depend on.
+        settings = dict(
+            model=encoder.fingerprint,
+            dataset=source,
+            split=split,
+            max_samples=limit,
+            seed=args.seed if limit or args.random_init else None,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            transform=repr(encoder.transform),
+            mixed_precision=accelerator.mixed_precision,
+        )
 
-    # Accelerator: DDP must tolerate parameters that do not reach the logits (e.g. MoCo's projector).
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-        log_with="tensorboard" if cfg.protocol == "finetune" else None,
-        project_dir=str(output_dir / "logs"),
+        def compute(dataset=dataset, name=name):
+            images = DataLoader(
+                ImageDataset(dataset, encoder.transform),
+                batch_size=args.batch_size,
+                collate_fn=collate,
+                num_workers=args.num_workers,
+            )
+            with accelerator.autocast():
+                return extract_features(
+                    model,
+                    accelerator.prepare(images),
+                    accelerator,
+                    description=f"{name} features",
+                    return_indices=True,
+                )
+
+        features[name], hit = cached_features(args.cache_dir, settings, compute, accelerator)
+        accelerator.print(
+            f"{name} features: {tuple(features[name][0].shape)}" + (" (from the cache)" if hit else "")
+        )
+    return features
+
+
+def finetune(args, accelerator, encoder, train_data, eval_data, num_classes: int) -> tuple[float, dict]:
+    """Fine-tune the whole model with a new linear head through the training loop; top-1 on `eval_data`."""
+    # Data: RandomResizedCrop + flip views, seeded per (seed, epoch, image) like pre-training's.
+    image = (encoder.image_size, encoder.mean, encoder.std, args.min_crop_scale)
+    loader = pretraining_loader(args, accelerator, "crop_flip", *image, dataset=train_data)
+    length = RunLength.of(args, loader)
+
+    # Model and optimizer: timm's parameter groups, optional layer-wise decay; lr a pure function of the step.
+    classifier = load_classifier(
+        args.model, num_classes, pretrained=args.pretrained, random_init=args.random_init
     )
-    set_seed(cfg.seed)
+    classifier.to(accelerator.device)
+    optimizer = create_finetune_optimizer(classifier, args)
+    model, optimizer = accelerator.prepare(classifier, optimizer)
+    peak_lr = scaled_lr(args, accelerator.num_processes)
+    warmup_steps = length.warmup_steps(args.warmup_epochs)
+
+    # Checkpoints and exact resume, logs: the pieces of every recipe.
+    checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
+    step = checkpointer.resume(args.resume)
+    logger = RunLogger(accelerator, args, length, checkpointer, name="finetune")
+
+    model.train()
+    for micro in micro_batches(loader, accelerator, length, step):
+        if micro.first:  # this optimizer step's learning rate (times each layer group's scale)
+            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
+            set_lr(optimizer, lr)
+        with accelerator.accumulate(model):
+            logits = classifier_logits(model(micro.batch["pixel_values"]))
+            loss = F.cross_entropy(logits.float(), micro.batch["label"])
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        logger.update(loss, micro.batch)
+        if not micro.last:
+            continue
+
+        step += 1
+        logger.step(step, lr=lr)
+        if step % args.save_steps == 0 or step == length.total_steps:
+            with logger.paused():
+                logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                checkpointer.save(step)
+    summary = logger.summary(step)
+
+    evaluation = DataLoader(
+        ImageDataset(eval_data, encoder.transform),
+        batch_size=args.batch_size,
+        collate_fn=collate,
+        num_workers=args.num_workers,
+    )
+    with accelerator.autocast():
+        accuracy = classifier_accuracy(model, accelerator.prepare(evaluation), accelerator)
+    settings = dict(
+        epochs=args.epochs,
+        steps=step,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        layer_decay=args.layer_decay,
+        warmup_epochs=args.warmup_epochs,
+        batch_size=args.batch_size,
+        min_crop_scale=args.min_crop_scale,
+        optimizer="adamw (timm parameter groups)",
+        augmentation="RandomResizedCrop + flip",
+        train_seconds=summary["train_seconds"],
+    )
+    return accuracy, settings
+
+
+def main(args: EvalArguments) -> dict:
+    started = time.perf_counter()
+    output_dir = Path(args.output_dir)
+    # Accelerator: devices, processes, precision (auto: bf16 only where native), trackers, seeds.
+    accelerator = create_accelerator(args)
     say = accelerator.print
 
     # Data: the first process prepares the datasets cache, the others reuse it.
     with accelerator.main_process_first():
-        train_data = load_split(cfg, cfg.train_dataset, cfg.split, cfg.max_train_samples)
-        eval_data, eval_split = load_eval_split(cfg)
+        train_data = load_split(args, args.dataset, args.split, args.max_train_samples)
+        eval_data, eval_split = load_eval_split(args)
     names = class_names(train_data)
     num_classes = len(names) if names else int(max(max(train_data["label"]), max(eval_data["label"]))) + 1
-    eval_source = cfg.eval_dataset or cfg.train_dataset
+    eval_source = args.eval_dataset or args.dataset
     say(
-        f"train: {cfg.train_dataset} [{cfg.split}] {len(train_data)} images; "
+        f"train: {args.dataset} [{args.split}] {len(train_data)} images; "
         f"eval: {eval_source} [{eval_split}] {len(eval_data)} images; {num_classes} classes"
     )
 
-    # Model in eval mode with its own preprocessing; no augmentation for kNN / linear probe.
+    # Model in eval mode with its own preprocessing; no augmentation for kNN / linear probes.
     encoder = load_encoder(
-        cfg.model,
-        pretrained=cfg.pretrained,
-        random_init=cfg.random_init,
-        image_size=cfg.image_size,
-        crop_pct=cfg.crop_pct,
+        args.model,
+        pretrained=args.pretrained,
+        random_init=args.random_init,
+        image_size=args.image_size,
+        crop_pct=args.crop_pct,
     )
     say(
-        f"model: {cfg.model} ({encoder.kind}{', random init' if cfg.random_init else ''}), "
+        f"model: {args.model} ({encoder.kind}{', random init' if args.random_init else ''}), "
         f"{encoder.image_size}px, crop_pct {encoder.crop_pct}"
     )
 
-    def loader(dataset, transform, shuffle=False):
-        return accelerator.prepare(
-            DataLoader(
-                ImageDataset(dataset, transform),
-                batch_size=cfg.batch_size,
-                shuffle=shuffle,
-                drop_last=shuffle,
-                collate_fn=collate,
-                num_workers=cfg.num_workers,
-            )
+    features = {}
+    if args.protocol in ("knn", "linear", "linear-fast") or args.plots:
+        features = features_of(
+            args,
+            accelerator,
+            encoder,
+            {
+                "train": (args.dataset, args.split, train_data, args.max_train_samples),
+                "eval": (eval_source, eval_split, eval_data, args.max_eval_samples),
+            },
         )
-
-    features, cache_hits = {}, []
-    if cfg.protocol in ("knn", "linear") or cfg.plots:
-        model = accelerator.prepare_model(encoder.model, evaluation_mode=True)
-        for name, source, split, dataset, limit in (
-            ("train", cfg.train_dataset, cfg.split, train_data, cfg.max_train_samples),
-            ("eval", eval_source, eval_split, eval_data, cfg.max_eval_samples),
-        ):
-            # The cache key holds everything the features depend on.
-            cache_settings = dict(
-                model=encoder.fingerprint,
-                dataset=source,
-                split=split,
-                max_samples=limit,
-                seed=cfg.seed if limit or cfg.random_init else None,
-                image_column=cfg.image_column,
-                label_column=cfg.label_column,
-                transform=repr(encoder.transform),
-                mixed_precision=cfg.mixed_precision,
-            )
-
-            def compute(dataset=dataset, name=name):
-                with accelerator.autocast():
-                    return extract_features(
-                        model,
-                        loader(dataset, encoder.transform),
-                        accelerator,
-                        description=f"{name} features",
-                        return_indices=True,
-                    )
-
-            features[name], hit = cached_features(cfg.cache_dir, cache_settings, compute, accelerator)
-            cache_hits.append(hit)
-        say(
-            f"features: {tuple(features['train'][0].shape)} train, {tuple(features['eval'][0].shape)} eval"
-            + (f" (cache hits: {cache_hits})" if cfg.cache_dir else "")
-        )
-
     settings: dict = {}
-    if cfg.protocol == "knn":
+    if args.protocol == "knn":
         (train_x, train_y, _), (eval_x, eval_y, _) = features["train"], features["eval"]
-        accuracy = knn_accuracy(train_x, train_y, eval_x, eval_y, cfg.k, cfg.temperature, num_classes)
-        settings = {"k": cfg.k, "temperature": cfg.temperature}
-
-    elif cfg.protocol == "linear":
-        # Every process trains the same seeded probe on the same gathered features: no communication.
+        accuracy = knn_accuracy(
+            train_x, train_y, eval_x, eval_y, args.knn_k, args.knn_temperature, num_classes
+        )
+        settings = {"k": args.knn_k, "temperature": args.knn_temperature}
+    elif args.protocol in ("linear", "linear-fast"):
+        # Every process trains the same seeded probes on the same gathered features: no communication.
         (train_x, train_y, _), (eval_x, eval_y, _) = features["train"], features["eval"]
-        settings = {
-            "epochs": cfg.epochs or 100,
-            "learning_rate": cfg.learning_rate or 0.1,
-            "weight_decay": cfg.weight_decay or 0.0,
-            "optimizer": cfg.optimizer or "sgd",
-            "batch_size": cfg.batch_size,
-            "standardize": True,
-            "augmentation": False,
-        }
-        probe = linear_probe(
-            train_x,
-            train_y,
-            eval_x,
-            eval_y,
-            num_classes,
-            epochs=settings["epochs"],
-            batch_size=cfg.batch_size,
-            learning_rate=settings["learning_rate"],
-            weight_decay=settings["weight_decay"],
-            optimizer=settings["optimizer"],
-            seed=cfg.seed,
+        probe = dict(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
             device=accelerator.device,
         )
-        accuracy = probe.accuracy
-        settings["train_accuracy"] = probe.train_accuracy
-
+        settings = {**probe, "device": str(accelerator.device), "standardize": True, "augmentation": False}
+        if args.protocol == "linear":
+            sweep = linear_probe_sweep(
+                train_x,
+                train_y,
+                eval_x,
+                eval_y,
+                num_classes,
+                args.linear_learning_rates,
+                args.linear_weight_decays,
+                args.val_fraction,
+                args.seed,
+                **probe,
+            )
+            accuracy = sweep.accuracy
+            settings.update(
+                learning_rate=sweep.learning_rate,
+                weight_decay=sweep.weight_decay,
+                val_fraction=args.val_fraction,
+                validation_accuracy=sweep.validation_accuracy,
+                train_accuracy=sweep.train_accuracy,
+                sweep=sweep.sweep,
+            )
+            say(
+                f"best on validation: lr {sweep.learning_rate:g}, wd {sweep.weight_decay:g} ({sweep.validation_accuracy:.4f})"
+            )
+        else:
+            result = linear_probe(
+                train_x,
+                train_y,
+                eval_x,
+                eval_y,
+                num_classes,
+                learning_rate=args.learning_rate,
+                weight_decay=args.weight_decay,
+                seed=args.seed,
+                **probe,
+            )
+            accuracy = result.accuracy
+            settings.update(
+                learning_rate=args.learning_rate,
+                weight_decay=args.weight_decay,
+                train_accuracy=result.train_accuracy,
+            )
     else:
-        # Full fine-tuning: the whole encoder and a new linear head, with crop + flip augmentation.
-        epochs = cfg.epochs or 30
-        learning_rate = cfg.learning_rate or 5e-4
-        weight_decay = cfg.weight_decay if cfg.weight_decay is not None else 0.05
-        settings = {
-            "epochs": epochs,
-            "learning_rate": learning_rate,
-            "weight_decay": weight_decay,
-            "optimizer": "adamw",
-            "warmup_epochs": cfg.warmup_epochs,
-            "batch_size": cfg.batch_size,
-            "min_crop_scale": cfg.min_crop_scale,
-            "augmentation": "RandomResizedCrop + flip",
-        }
-        classifier = load_classifier(
-            cfg.model, num_classes, pretrained=cfg.pretrained, random_init=cfg.random_init
-        )
-        train_view = finetune_transform(encoder.image_size, encoder.mean, encoder.std, cfg.min_crop_scale)
-        train_loader = loader(train_data, train_view, shuffle=True)
-        eval_loader = loader(eval_data, encoder.transform)
-        # No weight decay on biases and normalization weights.
-        parameters = [p for p in classifier.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in parameters if p.ndim > 1]},
-            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
-        classifier, optimizer = accelerator.prepare(classifier, optimizer)
-        if len(train_loader) == 0:
-            raise ValueError(f"{len(train_data)} training images make no full batch of {cfg.batch_size}")
-        total_steps = epochs * len(train_loader)
-        warmup_steps = math.ceil(cfg.warmup_epochs * len(train_loader))
-        accelerator.init_trackers("finetune", config={k: v for k, v in settings.items() if v is not None})
-        step = 0
-        classifier.train()
-        for epoch in range(epochs):
-            train_loader.set_epoch(epoch)
-            for batch in train_loader:
-                if "pixel_values" not in batch:
-                    continue
-                lr = cosine_lr(step, total_steps, learning_rate, warmup_steps)  # pure function of the step
-                set_lr(optimizer, lr)
-                with accelerator.autocast():
-                    logits = classifier_logits(classifier(batch["pixel_values"]))
-                loss = F.cross_entropy(logits.float(), batch["label"])
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.log({"train/loss": loss.item(), "train/lr": lr}, step=step)
-                step += 1
-            say(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
-        with accelerator.autocast():
-            accuracy = classifier_accuracy(classifier, eval_loader, accelerator)
-        accelerator.end_training()
+        accuracy, settings = finetune(args, accelerator, encoder, train_data, eval_data, num_classes)
 
-    name = metric_name(cfg.protocol, cfg.k, cfg.temperature)
+    name = metric_name(args.protocol, args.knn_k, args.knn_temperature)
     say(f"{name}: {accuracy:.4f}")
 
     # Results: JSON always, the model card when the model is a local sslhub folder with trained weights.
     results = {
-        "protocol": cfg.protocol,
+        "protocol": args.protocol,
         "metric_name": name,
         "accuracy": round(float(accuracy), 6),
-        "model": cfg.model,
+        "model": args.model,
         "model_kind": encoder.kind,
-        "random_init": cfg.random_init,
+        "random_init": args.random_init,
         "model_fingerprint": encoder.fingerprint,
         "image_size": encoder.image_size,
         "crop_pct": encoder.crop_pct,
-        "train_dataset": cfg.train_dataset,
-        "train_split": cfg.split,
+        "train_dataset": args.dataset,
+        "train_split": args.split,
         "eval_dataset": eval_source,
         "eval_split": eval_split,
         "num_train": len(train_data),
         "num_eval": len(eval_data),
         "num_classes": num_classes,
         "settings": settings,
-        "config": asdict(cfg),
+        "config": asdict(args),
         "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
         "seconds": round(time.perf_counter() - started, 1),
         "sslhub_version": sslhub.__version__,
         "model_card_updated": False,
     }
     if accelerator.is_main_process:
-        local_sslhub = encoder.kind == "sslhub" and Path(cfg.model).is_dir() and not cfg.random_init
-        if cfg.update_card and local_sslhub:
+        local_sslhub = encoder.kind == "sslhub" and Path(args.model).is_dir() and not args.random_init
+        if args.update_card and local_sslhub:
             dataset = dataset_card_name(eval_source)
             entries = card_eval_results(
-                accuracy, cfg.protocol, dataset, dataset, eval_split, cfg.k, cfg.temperature
+                accuracy, args.protocol, dataset, dataset, eval_split, args.knn_k, args.knn_temperature
             )
-            results["model_card_updated"] = update_model_card(cfg.model, entries)
-            if not results["model_card_updated"]:
-                say("sslhub.hub is not available: the model card was not updated")
+            results["model_card_updated"] = update_model_card(args.model, entries)
         path = write_results(output_dir, results)
         say(f"wrote {path}")
-        if cfg.plots:
-            save_plots(cfg, output_dir, features, train_data, eval_data, names)
+        if args.plots:
+            save_plots(args, output_dir, features, train_data, eval_data, names)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return results
 
 
-def save_plots(cfg: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names) -> None:
+def save_plots(args: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names) -> None:
     from sslhub.evaluation.plots import plot_embedding_map, plot_retrieval_grid, plot_training_curves
 
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(args.seed)
     (train_x, train_y, train_index), (eval_x, eval_y, eval_index) = features["train"], features["eval"]
     # t-SNE is quadratic: 2,000 test points show the structure in seconds.
     subset = torch.randperm(len(eval_x), generator=generator)[:2000]
-    plot_embedding_map(eval_x[subset], eval_y[subset], names, output_dir / "embedding_map.png", seed=cfg.seed)
+    plot_embedding_map(
+        eval_x[subset], eval_y[subset], names, output_dir / "embedding_map.png", seed=args.seed
+    )
 
     queries = torch.randperm(len(eval_x), generator=generator)[:8]
     neighbours = nearest_neighbours(train_x, eval_x[queries], k=8)
@@ -389,9 +465,9 @@ def save_plots(cfg: EvalArguments, output_dir: Path, features: dict, train_data,
         neighbour_labels=[[caption(train_y[n]) for n in row] for row in neighbours],
     )
 
-    log_dir = Path(cfg.log_dir) if cfg.log_dir else None
+    log_dir = Path(args.log_dir) if args.log_dir else None
     if log_dir is None:  # a pre-training run saves the model in output_dir/final, its logs in output_dir/logs
-        candidates = [output_dir / "logs", Path(cfg.model).parent / "logs", Path(cfg.model) / "logs"]
+        candidates = [output_dir / "logs", Path(args.model).parent / "logs", Path(args.model) / "logs"]
         log_dir = next((c for c in candidates if any(c.rglob("events.out.tfevents.*"))), None)
     if log_dir is not None:
         plot_training_curves(log_dir, output_dir / "training_curves.png")

@@ -263,7 +263,8 @@ def main(args: ColorizationArguments) -> dict[str, float]:
 
     def sample(step: int) -> None:
         grid = save_sample_grid(unwrapped, samples, Path(args.output_dir) / "samples" / f"step_{step}.png")
-        accelerator.get_tracker("tensorboard", unwrap=True).add_image("samples", grid, step)
+        if any(tracker.name == "tensorboard" for tracker in accelerator.trackers):
+            accelerator.get_tracker("tensorboard", unwrap=True).add_image("samples", grid, step)
 
     model.train()
     for micro in logger.timed.iterate(micro_batches(loader, accelerator, length, step), "data"):

@@ -11,8 +11,10 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .hub.zoo import from_zoo
 from .models import (
     ColorizationConfig,
+    ColorizationForImageClassification,
     ColorizationForPreTraining,
     ColorizationModel,
     MoCoConfig,
@@ -21,11 +23,12 @@ from .models import (
     MoCoModel,
     StudentConfig,
     StudentForDistillation,
+    StudentForImageClassification,
     StudentModel,
     image_processor_for,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AutoConfig.register(MoCoConfig.model_type, MoCoConfig, exist_ok=True)
 AutoModel.register(MoCoConfig, MoCoModel, exist_ok=True)
@@ -35,12 +38,17 @@ AutoConfig.register(StudentConfig.model_type, StudentConfig, exist_ok=True)
 AutoModel.register(StudentConfig, StudentModel, exist_ok=True)
 # Loads without a teacher; attach one with `set_teacher` (or pass precomputed `teacher_embeddings`).
 AutoModelForPreTraining.register(StudentConfig, StudentForDistillation, exist_ok=True)
+AutoModelForImageClassification.register(StudentConfig, StudentForImageClassification, exist_ok=True)
 AutoConfig.register(ColorizationConfig.model_type, ColorizationConfig, exist_ok=True)
 AutoModel.register(ColorizationConfig, ColorizationModel, exist_ok=True)
 AutoModelForPreTraining.register(ColorizationConfig, ColorizationForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(
+    ColorizationConfig, ColorizationForImageClassification, exist_ok=True
+)
 
 __all__ = [
     "ColorizationConfig",
+    "ColorizationForImageClassification",
     "ColorizationForPreTraining",
     "ColorizationModel",
     "MoCoConfig",
@@ -49,6 +57,8 @@ __all__ = [
     "MoCoModel",
     "StudentConfig",
     "StudentForDistillation",
+    "StudentForImageClassification",
     "StudentModel",
+    "from_zoo",
     "image_processor_for",
 ]

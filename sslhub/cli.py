@@ -1,71 +1,41 @@
-"""The `sslhub` command: convert checkpoints, write cards, push to the Hub, embed images, inspect models."""
+"""What the `sslhub` command does: one function per subcommand (convert, push, card, embed, info, zoo,
+export). The command line itself is parsed in `sslhub_cli`, which imports this module only to run a command."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-_EXAMPLES = {
-    "convert": """examples:
-  sslhub convert moco_v2_800ep_pretrain.pth.tar moco-v2-r50
-  sslhub convert r-50-300ep.pth.tar moco-v3-r50 --arch resnet50
-  sslhub convert vit-s-300ep.pth.tar moco-v3-vit-s --arch vit_small
-  sslhub convert ckpt.pth.tar out --backbone test_vit --backbone-kwargs '{"img_size": 32, "patch_size": 8}'
-
-Reads official MoCo v1/v2 (`module.encoder_q.*`, `fc` or `fc.0/fc.2` head) and MoCo v3
-(`module.base_encoder.*`, ResNet or ViT) checkpoints, with or without `module.`, using
-torch.load(weights_only=True). Writes a MoCoModel folder with its image processor, remote code and card.""",
-    "push": """examples:
-  sslhub push outputs/moco-v2-cifar10 --repo-id my-org/moco-v2-resnet18-cifar10 --dry-run
-  sslhub push outputs/moco-v2-cifar10 --repo-id my-org/moco-v2-resnet18-cifar10 --include-timm
-  HF_ENDPOINT=https://hub.example.com sslhub push FOLDER --repo-id org/name --private
-
-Uploads safetensors weights (never .bin/.pt), config, image processor, model card and the modeling code
-(so `trust_remote_code=True` works without sslhub). Needs a token: `hf auth login` or HF_TOKEN.""",
-    "card": """examples:
-  sslhub card outputs/moco --name moco-v2-resnet18-cifar10 --family "MoCo v2" --paper moco-v2 \\
-      --dataset uoft-cs/cifar10 --reproduce "make demo" --results results.json
-  sslhub card outputs/moco --results results.json          # merge results into the existing card
-  sslhub card outputs/moco --name my-model --copy-to model_cards/my-model.md   # rewrite, keeping results
-
-results.json holds a list of {task_type, dataset_name, dataset_type, dataset_split, metric_type,
-metric_name, metric_value (accuracy as a fraction in [0, 1])}.""",
-    "embed": """examples:
-  sslhub embed my-org/moco-v2-resnet18-cifar10 photos/ --output photos.safetensors
-  sslhub embed outputs/moco photos/ -o photos.npz --batch-size 64 --output-key projection
-
-Reads images recursively (jpg, png, webp, ...), skipping unreadable files with a warning. The
-.safetensors file holds the tensor `embeddings` (N, D) and the metadata `files` (JSON list, same order);
-the .npz file holds the arrays `embeddings` and `files`.""",
-    "info": """examples:
-  sslhub info outputs/moco
-  sslhub info my-org/moco-v2-resnet18-cifar10      # from the Hub, or the cache with HF_HUB_OFFLINE=1
-  sslhub info outputs/moco --json""",
-    "export-timm": """examples:
-  sslhub export-timm outputs/moco outputs/moco-timm
-  python -c 'import timm; timm.create_model("local-dir:outputs/moco-timm", pretrained=True)'
-
-Writes the backbone in timm's Hub format (config.json with architecture and pretrained_cfg,
-model.safetensors, README.md). Small-input (CIFAR) stems cannot be exported: timm cannot rebuild them.""",
-}
 
 
 def _convert(args: argparse.Namespace) -> int:
     from .hub.convert import convert_checkpoint
+    from .hub.zoo import convert_zoo_model, zoo_entry
 
-    kwargs = json.loads(args.backbone_kwargs) if args.backbone_kwargs else None
-    out = convert_checkpoint(
-        args.checkpoint,
-        args.output_dir,
+    options = dict(
         arch=args.arch,
         backbone=args.backbone,
-        backbone_kwargs=kwargs,
+        backbone_kwargs=json.loads(args.backbone_kwargs) if args.backbone_kwargs else None,
         image_size=args.image_size,
-        model_name=args.name,
+    )
+    if not Path(args.checkpoint).exists():  # not a file: a name of the zoo
+        try:
+            entry = zoo_entry(args.checkpoint)
+        except ValueError as error:
+            raise ValueError(f"no file {args.checkpoint!r}, and {error}") from None
+        out = convert_zoo_model(
+            entry.name, args.output_dir, force=args.force, progress=not args.quiet, **options
+        )
+        print(f"{entry.name} is ready in {out}")
+        print(f"  load it:    AutoModel.from_pretrained({str(out)!r})  (after `import sslhub`)")
+        print(f"  publish it: sslhub push {out} --repo-id ORG/{entry.name}")
+        return 0
+    if args.output_dir is None:
+        raise ValueError(f"converting the file {args.checkpoint} needs an OUTPUT_DIR")
+    out = convert_checkpoint(
+        args.checkpoint, args.output_dir, model_name=args.name, license=args.license, **options
     )
     print(f"wrote {out} (MoCoModel, image processor, remote code, README.md)")
     return 0
@@ -137,20 +107,27 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .embed import embed_images
+    from .embed import embed_dataset
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        embeddings, files = embed_images(
-            args.model,
-            args.images,
-            args.output,
-            batch_size=args.batch_size,
-            output_key=args.output_key,
-            device=args.device,
-            progress=not args.quiet,
-        )
-    print(f"wrote {args.output}: {embeddings.shape[0]} embeddings of size {embeddings.shape[1]}")
+    run = embed_dataset(
+        args.model,
+        args.data,
+        args.output,
+        split=args.split,
+        image_column=args.image_column,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        precision=args.precision,
+        device=args.device,
+        shard_size=args.shard_size,
+        resume=args.resume,
+        output_key=args.output_key,
+        progress=not args.quiet,
+    )
+    for name in run.unreadable:
+        print(f"skipped unreadable image {name}", file=sys.stderr)
+    files = run.files[0] if len(run.files) == 1 else f"{len(run.files)} files {run.files[0].name} ..."
+    print(f"wrote {files}: {run.rows} embeddings of size {run.dim}")
     return 0
 
 
@@ -196,6 +173,84 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_show(entry) -> None:
+    """Print one zoo entry, its sources and how to load it (`sslhub zoo show NAME`)."""
+    from .hub.zoo import zoo_cache_dir
+
+    print(entry.name)
+    rows = [
+        ("method", entry.method),
+        ("backbone (timm)", entry.backbone),
+        ("training data", f"{entry.data}, {entry.epochs:g} epochs"),
+        ("weights", entry.url and entry.url + (f" (MD5 {entry.md5_prefix}...)" if entry.md5_prefix else "")),
+        ("hub id", entry.hub_id or "none published yet"),
+        ("license", entry.license),
+        ("notes", entry.notes or None),
+    ]
+    for label, value in rows:
+        if value:
+            print(f"  {label + ':':17}{value}")
+    print("  reported by the authors (not measured by sslhub):" if entry.url else "  measured here:")
+    for r in entry.results:
+        print(f"    {r.metric}: {r.value:g}% on {r.dataset} [{r.split}]")
+        print(f"      source: {r.source} <{r.source_url}>")
+    if entry.url or entry.hub_id:
+        folder = zoo_cache_dir() / "models" / entry.name
+        print("how to load it:")
+        if entry.url:
+            print(f"  sslhub convert {entry.name}    # download, check, convert into {folder}")
+        snippet = f'AutoModel.from_pretrained("{entry.hub_id or folder}")'
+        print(f"  python -c 'import sslhub; from transformers import AutoModel; {snippet}'")
+        print(f'  or in Python, in one step: model = sslhub.from_zoo("{entry.name}")')
+    else:
+        print("how to get it (not published yet):")
+        print(f"  {entry.train_command}    # its card: {entry.card}")
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .hub.zoo import list_models, markdown_table, reported_scores, zoo_entry
+
+    def as_json(entry) -> dict:
+        return {**asdict(entry), "filename": entry.filename}
+
+    if args.zoo_command == "show":
+        entry = zoo_entry(args.name)
+        if args.json:
+            print(json.dumps(as_json(entry), indent=2))
+        else:
+            _zoo_show(entry)
+        return 0
+    entries = list_models(method=args.method, backbone=args.backbone)
+    if not entries:
+        raise ValueError(f"no model matches --method {args.method} --backbone {args.backbone}")
+    if args.json:
+        print(json.dumps([as_json(e) for e in entries], indent=2))
+        return 0
+    if args.markdown:
+        print(markdown_table(entries))
+        return 0
+    header = ("name", "method", "backbone", "data", "epochs", "reported top-1, % (split)", "get it")
+    rows = [
+        (
+            e.name,
+            e.method,
+            e.backbone,
+            e.dataset_id,
+            f"{e.epochs:g}",
+            reported_scores(e),
+            e.hub_id or (f"sslhub convert {e.name}" if e.url else "train it (see `show`)"),
+        )
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"\n{len(rows)} models; `sslhub zoo show NAME` for the sources and how to load one.")
+    return 0
+
+
 def _export_timm(args: argparse.Namespace) -> int:
     from .hub.timm_export import export_timm
 
@@ -204,102 +259,36 @@ def _export_timm(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `sslhub` command (one subparser per subcommand)."""
-    parser = argparse.ArgumentParser(
-        prog="sslhub",
-        description="Self-supervised vision models on the Hugging Face Hub: convert, card, push, embed, info.",
-        epilog="Run `sslhub COMMAND --help` for the options and examples of each command.",
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .hub.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx, load_model
+
+    model = load_model(args.model)
+    opset = args.opset or DEFAULT_OPSET
+    try:
+        out = export_onnx(model, args.output_path, output=args.output, opset=opset, exporter=args.exporter)
+        if args.no_check:
+            print(f"wrote {out} (input pixel_values, output {args.output}, opset {opset})")
+            return 0
+        difference = check_onnx(model, out, output=args.output)
+    except (ImportError, RuntimeError) as error:
+        print(f"sslhub export onnx: error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {out} (input pixel_values, output {args.output}, opset {opset}); ONNX Runtime vs "
+        f"PyTorch on a batch of 3: max abs difference {difference:.1e}"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=_EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-
-    p = add(
-        "convert", "Convert an official MoCo v1/v2/v3 checkpoint into an sslhub model folder with a card."
-    )
-    p.add_argument("checkpoint", help="the .pth.tar checkpoint (or a .safetensors state dict)")
-    p.add_argument("output_dir", help="the sslhub folder to write")
-    p.add_argument("--arch", help="override the checkpoint's `arch` (resnet50, vit_small, ...)")
-    p.add_argument("--backbone", help="timm model name to use instead of the derived one")
-    p.add_argument("--backbone-kwargs", help="JSON of extra timm.create_model arguments")
-    p.add_argument(
-        "--image-size", type=int, help="input size of the image processor (default 224, 32 for CIFAR stems)"
-    )
-    p.add_argument("--name", help="model name in the card (default: the output folder name)")
-    p.set_defaults(func=_convert)
-
-    p = add("push", "Publish a saved model folder to the Hugging Face Hub.")
-    p.add_argument("folder", help="the model folder (save_pretrained output)")
-    p.add_argument("--repo-id", required=True, help="org/name of the model repository (created if missing)")
-    p.add_argument("--private", action="store_true", help="create the repository private")
-    p.add_argument("--token", help="a write token (default: `hf auth login` or HF_TOKEN)")
-    p.add_argument("--include-timm", action="store_true", help="also publish the backbone in timm's format")
-    p.add_argument("--timm-repo-id", help="repository of the timm backbone (default: REPO_ID-timm)")
-    p.add_argument("--dry-run", action="store_true", help="only list what would be uploaded")
-    p.add_argument("-m", "--message", default="Upload sslhub model", help="commit message")
-    p.set_defaults(func=_push)
-
-    p = add("card", "Write a model folder's card (README.md) or merge evaluation results into it.")
-    p.add_argument("folder", help="the model folder")
-    p.add_argument("--name", help="model name (title and model-index name)")
-    p.add_argument("--family", help='the method, e.g. "MoCo v2"')
-    p.add_argument("--paper", help="moco-v1, moco-v2, moco-v3, seed, compress, colorization, or a citation")
-    p.add_argument("--base-model", help="Hub id of the teacher (distilled students)")
-    p.add_argument("--dataset", action="append", default=[], help="Hub id of a training dataset (repeatable)")
-    p.add_argument("--reproduce", help="the command that reproduces the model")
-    p.add_argument("--training-summary", help="JSON file of training settings shown in a table")
-    p.add_argument("--results", help="JSON file with a list of evaluation results")
-    p.add_argument("--limitations", help="the limitations paragraph")
-    p.add_argument("--license", default="apache-2.0", help="license id (default apache-2.0)")
-    p.add_argument("--repo-id", help="Hub id used in the loading examples (filled in at push otherwise)")
-    p.add_argument("--copy-to", help="also copy the card there (e.g. model_cards/NAME.md)")
-    p.set_defaults(func=_card)
-
-    p = add("embed", "Embed a folder of images into a .safetensors or .npz file.")
-    p.add_argument("model", help="model folder or Hub id")
-    p.add_argument("images", help="folder of images (searched recursively)")
-    p.add_argument("-o", "--output", required=True, help="output file: .safetensors or .npz")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--output-key", default="pooler_output", help="model output to save (pooler_output, projection)"
-    )
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_embed)
-
-    p = add("info", "Show what a model folder or Hub id contains.")
-    p.add_argument("model", help="model folder or Hub id")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_info)
-
-    p = add("export-timm", "Write a model's backbone in timm's Hub format.")
-    p.add_argument("model", help="model folder or Hub id")
-    p.add_argument("output_dir", help="the timm folder to write")
-    p.add_argument("--license", default="apache-2.0")
-    p.add_argument("--source-repo-id", help="Hub id of the full sslhub model, linked from the card")
-    p.set_defaults(func=_export_timm)
-    return parser
+    if difference > args.atol:
+        print(f"sslhub export onnx: error: the difference exceeds --atol {args.atol:g}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `sslhub` command; returns the exit status (1 with a one-line message on a user error)."""
-    args = build_parser().parse_args(argv)
-    from .hub.convert import CheckpointError
-    from .hub.publish import HubError
+    """Run the `sslhub` command (`sslhub_cli.main`): the parser lives there, so that `--help` and
+    `--version` answer without importing torch."""
+    import sslhub_cli
 
-    try:
-        return args.func(args)
-    except (HubError, CheckpointError, ValueError, FileNotFoundError) as error:
-        print(f"sslhub {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    return sslhub_cli.main(argv)
 
 
 if __name__ == "__main__":

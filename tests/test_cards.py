@@ -94,3 +94,110 @@ def test_update_card_eval_results_appends_to_a_handwritten_card(published, tmp_p
 def test_eval_results_are_checked(published, tmp_path, result, message):
     with pytest.raises(ValueError, match=message):
         cards.merge_eval_results([], [result])
+
+
+# ------------------------------------------------------------------- base_model and its relation
+
+
+def _student_folder(tmp_path, teacher_name=None):
+    from sslhub import StudentConfig, StudentModel
+
+    folder = tmp_path / "student"
+    config = StudentConfig(
+        backbone="test_resnet", loss="mse", teacher_dim=16, image_size=32, teacher_name=teacher_name
+    )
+    StudentModel(config).save_pretrained(folder)
+    return folder
+
+
+def _card(folder, **kwargs):
+    path = cards.write_model_card(folder, model_name="m", family="f", paper=None, **kwargs)
+    return ModelCard.load(path), path.read_text()
+
+
+def test_student_of_a_hub_teacher_names_it_without_a_relation(tmp_path):
+    card, raw = _card(_student_folder(tmp_path), base_model="sslhub/moco-v2-resnet50")
+    assert card.data.base_model == "sslhub/moco-v2-resnet50"
+    assert "base_model_relation" not in raw.split("---")[1]  # the Hub has no relation for distillation
+    assert "| Teacher | [`sslhub/moco-v2-resnet50`](https://huggingface.co/sslhub/moco-v2-resnet50) |" in raw
+    assert "no value for distillation" in card.text and "adapter, merge, quantized, finetune" in card.text
+
+
+def test_student_of_a_local_teacher_names_it_in_the_text_only(tmp_path):
+    teacher = tmp_path / "runs" / "teacher"
+    teacher.mkdir(parents=True)
+    card, raw = _card(_student_folder(tmp_path), base_model=str(teacher))
+    assert card.data.base_model is None and "base_model" not in raw.split("---")[1]
+    assert f"| Teacher | `{teacher}` |" in raw
+    assert "not on the Hub" in card.text
+
+
+def test_student_card_reads_the_teacher_from_its_config(tmp_path):
+    card, raw = _card(_student_folder(tmp_path, teacher_name="timm:resnet50"))
+    assert card.data.base_model is None
+    assert (
+        "| Teacher | `timm:resnet50` |" in raw and "distilled from the frozen teacher `timm:resnet50`" in raw
+    )
+
+
+def test_model_continued_from_a_hub_id_is_a_finetune(published, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(published["folder"], folder)
+    card, raw = _card(folder, base_model="sslhub/moco-v2-resnet50")
+    assert card.data.base_model == "sslhub/moco-v2-resnet50"
+    assert card.data.base_model_relation == "finetune" and "base_model_relation: finetune" in raw
+    assert "| Initialized from | [`sslhub/moco-v2-resnet50`]" in raw
+    assert "Training continued from" in card.text
+
+
+def test_model_continued_from_a_local_folder_has_no_base_model(published, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(published["folder"], folder)
+    card, raw = _card(folder, base_model=str(published["folder"]))
+    metadata = raw.split("---")[1]
+    assert "base_model" not in metadata
+    assert f"| Initialized from | `{published['folder']}` |" in raw and "not on the Hub" in card.text
+
+
+def test_card_without_base_model_has_no_lineage(published, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(published["folder"], folder)
+    card, raw = _card(folder)
+    assert "base_model" not in raw.split("---")[1]
+    assert "| Teacher |" not in raw and "| Initialized from |" not in raw
+
+
+def test_explicit_relation_is_checked(published, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(published["folder"], folder)
+    card, _ = _card(folder, base_model="org/base", base_model_relation="quantized")
+    assert card.data.base_model_relation == "quantized"
+    with pytest.raises(ValueError, match="base_model_relation must be one of"):
+        _card(folder, base_model="org/base", base_model_relation="distillation")
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("sslhub/moco-v2-resnet50", True),
+        ("facebook/dinov2-small", True),
+        ("resnet50", False),
+        ("timm:resnet50", False),
+        ("hf-hub:org/name", False),
+        ("../teacher", False),
+        ("./teacher", False),
+        ("/abs/teacher", False),
+        ("runs/teacher/final", False),
+        ("org--x/name", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_is_hub_id(name, expected):
+    assert cards._is_hub_id(name) is expected
+
+
+def test_existing_local_folder_is_not_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert not cards._is_hub_id("runs/teacher")

@@ -3,21 +3,23 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import AutoImageProcessor
 
+import sslhub
 from sslhub import MoCoModel
 from sslhub.cli import main
 from sslhub.embed import load_embeddings
 
 from .helpers import tiny_moco_v2
 
-COMMANDS = ("convert", "push", "card", "embed", "info", "export-timm")
+COMMANDS = ("convert", "push", "card", "embed", "info", "zoo", "export-timm")
 RESULT = dict(
     task_type="image-classification",
     dataset_name="CIFAR-10",
@@ -48,50 +50,94 @@ def test_every_command_has_help_with_examples(command, capsys):
 def test_entry_point_is_declared():
     from importlib.metadata import entry_points
 
+    import sslhub_cli
+
     (script,) = entry_points(group="console_scripts", name="sslhub")
-    assert script.value == "sslhub.cli:main" and script.load() is main
+    assert script.value == "sslhub_cli:main" and script.load() is sslhub_cli.main
 
 
-def test_embed_a_folder_of_images(model_folder, tmp_path):
-    images = tmp_path / "images"
-    (images / "sub").mkdir(parents=True)
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["--version"], ["embed", "--help"], ["export", "onnx", "--help"]]
+)
+def test_help_and_version_answer_without_importing_torch(argv):
+    code = f"import sys, sslhub_cli\ntry:\n    sslhub_cli.main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0\n"
+    code += "assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if argv == ["--version"]:
+        assert result.stdout.strip() == f"sslhub {sslhub.__version__}"
+
+
+def _folder_of_images(root):
     rng = np.random.default_rng(0)
     names = ["a.png", "b.jpg", "sub/c.png", "sub/d.webp", "e.JPEG"]
     for name in names:
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(images / name)
-    (images / "broken.jpg").write_bytes(b"not an image")
-    (images / "notes.txt").write_text("ignored")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(root / name)
+    # modes a plain convert("RGB") gets wrong: transparency (training puts it on white) and 16-bit grey
+    rgba = rng.integers(0, 255, (32, 32, 4), dtype=np.uint8)
+    rgba[..., 3] = 0
+    Image.fromarray(rgba, "RGBA").save(root / "transparent.png")
+    Image.fromarray(rng.integers(0, 65535, (32, 32), dtype=np.uint16)).save(root / "grey16.png")
+    (root / "broken.jpg").write_bytes(b"not an image")
+    (root / "empty.png").write_bytes(b"")
+    return [*names, "transparent.png", "grey16.png"]
+
+
+def test_embed_a_folder_of_images_as_training_decodes_them(model_folder, tmp_path, capsys):
+    from sslhub.data import decode_image, eval_transform
+
+    images = tmp_path / "images"
+    names = _folder_of_images(images)
     output = tmp_path / "emb.safetensors"
-    with pytest.warns(UserWarning, match="broken.jpg"):
-        assert (
-            main(["embed", str(model_folder), str(images), "-o", str(output), "--batch-size", "2", "-q"]) == 0
-        )
-    embeddings, files = load_embeddings(output)
-    assert sorted(files) == sorted(names) and embeddings.shape == (5, 96)
+    assert main(["embed", str(model_folder), str(images), "-o", str(output), "--batch-size", "3", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "empty.png" in err  # every unreadable file is named
+    embeddings, ids = load_embeddings(output)
+    assert sorted(ids) == sorted(names) and embeddings.shape == (len(names), 96)
 
     model = MoCoModel.from_pretrained(model_folder).eval()
-    processor = AutoImageProcessor.from_pretrained(model_folder)
-    index = files.index("sub/c.png")
-    with torch.no_grad():
-        expected = model(
-            **processor(images=Image.open(images / "sub/c.png"), return_tensors="pt")
-        ).pooler_output
-    torch.testing.assert_close(embeddings[index], expected[0], rtol=1e-4, atol=1e-5)
-
-    npz = tmp_path / "emb.npz"
-    with pytest.warns(UserWarning, match="broken.jpg"):
-        main(["embed", str(model_folder), str(images), "-o", str(npz), "--output-key", "projection", "-q"])
-    projections, npz_files = load_embeddings(npz)
-    assert npz_files == files and projections.shape == (5, 16)
+    view = eval_transform(32, model.config.image_mean, model.config.image_std, model.config.crop_pct)
+    for name in ("sub/c.png", "transparent.png", "grey16.png"):
+        with torch.no_grad():
+            expected = model(view(decode_image(str(images / name)))[None]).pooler_output[0]
+        torch.testing.assert_close(embeddings[ids.index(name)], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_embed_rejects_an_empty_folder(model_folder, tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert (
-        main(["embed", str(model_folder), str(tmp_path / "empty"), "-o", str(tmp_path / "e.safetensors")])
-        == 1
-    )
-    assert "no images" in capsys.readouterr().err
+@pytest.mark.parametrize("suffix", [".safetensors", ".parquet", ".npz"])
+def test_embed_shards_resume_and_formats(model_folder, tmp_path, suffix):
+    images = tmp_path / "images"
+    names = _folder_of_images(images)
+    whole = tmp_path / f"whole{suffix}"
+    assert main(["embed", str(model_folder), str(images), "-o", str(whole), "-q", "--num-workers", "0"]) == 0
+    sharded = tmp_path / f"sharded{suffix}"
+    args = ["embed", str(model_folder), str(images), "-o", str(sharded), "-q", "--shard-size", "3"]
+    assert main([*args, "--num-workers", "0"]) == 0
+    files = sorted(tmp_path.glob(f"sharded-*{suffix}"))
+    assert [f.name for f in files] == [f"sharded-{k:05d}-of-00003{suffix}" for k in range(3)]  # 9 rows
+    expected, expected_ids = load_embeddings(whole)
+    got, got_ids = load_embeddings(sharded)
+    assert got_ids == expected_ids and sorted(got_ids) == sorted(names)
+    torch.testing.assert_close(got, expected)
+
+    # an interrupted run: the last file is missing, the second half-written; --resume rewrites only those
+    kept = {files[0]: files[0].stat().st_mtime_ns}
+    files[1].write_bytes(files[1].read_bytes()[:100])
+    files[2].unlink()
+    assert main([*args, "--num-workers", "0", "--resume"]) == 0
+    assert all(f.stat().st_mtime_ns == mtime for f, mtime in kept.items())
+    again, again_ids = load_embeddings(sharded)
+    assert again_ids == expected_ids
+    torch.testing.assert_close(again, expected)
+
+
+def test_embed_reads_datasets_by_id_and_split(model_folder, tmp_path):
+    output = tmp_path / "sample.parquet"
+    args = ["embed", str(model_folder), "sample", "--split", "test[:10]", "-o", str(output), "-q"]
+    assert main([*args, "--output-key", "projection", "--num-workers", "0"]) == 0
+    embeddings, ids = load_embeddings(output)
+    assert embeddings.shape == (10, 16)
+    assert ids[0] == "train_airplane_0024.jpg" and len(set(ids)) == 10  # the file names the parquet stores
 
 
 def test_card_then_info(model_folder, tmp_path, capsys):

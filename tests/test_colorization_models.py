@@ -4,9 +4,14 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-from sslhub import ColorizationConfig, ColorizationForPreTraining, ColorizationModel
+from sslhub import (
+    ColorizationConfig,
+    ColorizationForImageClassification,
+    ColorizationForPreTraining,
+    ColorizationModel,
+)
 from sslhub.models.color import ab_bin_centers, lightness_to_input, rgb_to_lab, soft_encode_ab
 from sslhub.models.losses_colorization import colorization_cross_entropy
 
@@ -37,7 +42,11 @@ def _one_thread():
 
 
 CONFIGS = {"resnet": tiny_resnet, "vit": tiny_vit}
-AUTO_CLASS = {ColorizationModel: AutoModel, ColorizationForPreTraining: AutoModelForPreTraining}
+AUTO_CLASS = {
+    ColorizationModel: AutoModel,
+    ColorizationForPreTraining: AutoModelForPreTraining,
+    ColorizationForImageClassification: AutoModelForImageClassification,
+}
 
 
 def _pixel_values(config, batch=2, size=32):
@@ -47,24 +56,32 @@ def _pixel_values(config, batch=2, size=32):
 
 
 def _primary(output):
-    return output.loss if getattr(output, "loss", None) is not None else output.pooler_output.pow(2).sum()
+    if getattr(output, "loss", None) is not None:
+        return output.loss
+    return output.logits.pow(2).sum() if "logits" in output else output.pooler_output.pow(2).sum()
 
 
 def _encoder(model):
-    return model if isinstance(model, ColorizationModel) else model.encoder
+    return model.base_model
 
 
 @pytest.mark.parametrize("make_config", CONFIGS.values(), ids=CONFIGS.keys())
 @pytest.mark.parametrize("model_class", AUTO_CLASS.keys(), ids=lambda c: c.__name__)
 class TestContract:
     def test_output_shapes_and_gradients(self, model_class, make_config):
-        config = make_config()
+        config = make_config(num_labels=3)
         model = model_class(config)
         output = model(_pixel_values(config))
-        assert output.pooler_output.shape == (2, _encoder(model).num_features)
-        assert output.to_tuple()[0] is (
-            output.loss if model_class is ColorizationForPreTraining else output.pooler_output
-        )
+        if model_class is ColorizationForImageClassification:
+            assert output.logits.shape == (2, 3)
+        else:
+            assert output.pooler_output.shape == (2, _encoder(model).num_features)
+        first = {
+            ColorizationModel: "last_hidden_state",
+            ColorizationForPreTraining: "loss",
+            ColorizationForImageClassification: "logits",
+        }[model_class]
+        assert output.to_tuple()[0] is output[first]
         if model_class is ColorizationForPreTraining:
             assert output.logits.shape == (2, 313, 8, 8)  # H/4 x W/4
             assert output.loss.ndim == 0 and torch.isfinite(output.loss)
@@ -112,7 +129,7 @@ class TestContract:
         lightness = lightness_to_input(rgb_to_lab(rgb)[:, :1])  # what the encoder feeds its backbone
         with torch.no_grad():
             torch.testing.assert_close(
-                reference(lightness), model(pixel_values).pooler_output, rtol=0, atol=1e-6
+                reference(lightness), _encoder(model)(pixel_values).pooler_output, rtol=0, atol=1e-6
             )
 
 

@@ -12,30 +12,7 @@ from torch import nn
 from sslhub import MoCoModel
 from sslhub.hub import convert, convert_moco_v3
 
-
-def _randomize_batch_norm(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            if module.affine:
-                module.weight.data.uniform_(0.5, 1.5)
-                module.bias.data.uniform_(-0.2, 0.2)
-
-
-def _build_mlp(num_layers, input_dim, mlp_dim, output_dim, last_bn=True):
-    """MoCo v3's `_build_mlp` (moco/builder.py), as the authors wrote it."""
-    mlp = []
-    for layer in range(num_layers):
-        dim1 = input_dim if layer == 0 else mlp_dim
-        dim2 = output_dim if layer == num_layers - 1 else mlp_dim
-        mlp.append(nn.Linear(dim1, dim2, bias=False))
-        if layer < num_layers - 1:
-            mlp.append(nn.BatchNorm1d(dim2))
-            mlp.append(nn.ReLU(inplace=True))
-        elif last_bn:
-            mlp.append(nn.BatchNorm1d(dim2, affine=False))
-    return nn.Sequential(*mlp)
+from .checkpoints import TINY_RESNET50, build_mlp, official_checkpoint, randomize_batch_norm, write_checkpoint
 
 
 def moco_v1_v2_encoder(version: str, dim: int = 32) -> nn.Module:
@@ -44,25 +21,8 @@ def moco_v1_v2_encoder(version: str, dim: int = 32) -> nn.Module:
     if version == "v2":
         dim_mlp = encoder.fc.weight.shape[1]
         encoder.fc = nn.Sequential(nn.Linear(dim_mlp, dim_mlp), nn.ReLU(), encoder.fc)
-    _randomize_batch_norm(encoder)
+    randomize_batch_norm(encoder)
     return encoder.eval()
-
-
-def write_checkpoint(path, encoders: dict[str, nn.Module], extra: dict, ddp: bool, arch: str | None):
-    """Save a checkpoint in the authors' layout: {'epoch', 'arch', 'state_dict', 'optimizer'}."""
-    prefix = "module." if ddp else ""
-    state_dict = {
-        f"{prefix}{name}.{k}": v for name, enc in encoders.items() for k, v in enc.state_dict().items()
-    }
-    state_dict.update({f"{prefix}{k}": v for k, v in extra.items()})
-    checkpoint = {
-        "epoch": 200,
-        "state_dict": state_dict,
-        "optimizer": {"state": {}, "param_groups": [{"lr": 0.03}]},
-    }
-    if arch:
-        checkpoint["arch"] = arch
-    torch.save(checkpoint, path)
 
 
 def authors_linear_eval_backbone(path, encoder_name: str) -> nn.Module:
@@ -107,11 +67,11 @@ def test_moco_v1_v2_conversion_matches_the_authors_backbone(tmp_path, version, d
 
 def test_moco_v3_resnet_conversion(tmp_path):
     base_encoder = torchvision.models.resnet18()
-    base_encoder.fc = _build_mlp(2, 512, 48, 32)
+    base_encoder.fc = build_mlp(2, 512, 48, 32)
     momentum_encoder = torchvision.models.resnet18()
-    momentum_encoder.fc = _build_mlp(2, 512, 48, 32)
-    _randomize_batch_norm(base_encoder)
-    predictor = _build_mlp(2, 32, 48, 32, last_bn=False)
+    momentum_encoder.fc = build_mlp(2, 512, 48, 32)
+    randomize_batch_norm(base_encoder)
+    predictor = build_mlp(2, 32, 48, 32, last_bn=False)
     base_encoder.eval()
     path = tmp_path / "r-18-300ep.pth.tar"
     extra = {f"predictor.{k}": v for k, v in predictor.state_dict().items()}
@@ -135,8 +95,8 @@ def test_moco_v3_resnet_conversion(tmp_path):
 def test_moco_v3_vit_conversion(tmp_path):
     # The authors' ViT is a timm VisionTransformer; its head is replaced by the 3-layer BN projector.
     vit = timm.create_model("test_vit", img_size=32, patch_size=8)
-    vit.head = _build_mlp(3, vit.embed_dim, 48, 32)
-    _randomize_batch_norm(vit)
+    vit.head = build_mlp(3, vit.embed_dim, 48, 32)
+    randomize_batch_norm(vit)
     vit.eval()
     path = tmp_path / "vit-test.pth.tar"
     write_checkpoint(path, {"base_encoder": vit}, {}, False, "vit_test")
@@ -215,3 +175,21 @@ def test_wrong_backbone_is_a_clear_error(tmp_path):
     write_checkpoint(path, {"encoder_q": moco_v1_v2_encoder("v2")}, {}, True, None)
     with pytest.raises(convert.CheckpointError, match="does not fit resnet34"):
         convert.convert_checkpoint(path, tmp_path / "out", arch="resnet34")
+
+
+def test_backbone_rescues_a_resnet_depth_no_table_lists(tmp_path):
+    path = tmp_path / "tiny.pth.tar"
+    encoder = official_checkpoint("moco_v2", path)
+    state_dict, _ = convert.read_checkpoint(path)
+    # Without an `arch`, bottleneck blocks (1, 1, 1, 1) match no known ResNet ...
+    with pytest.raises(convert.CheckpointError, match="cannot tell which ResNet.*pass --arch or --backbone"):
+        convert.moco_checkpoint_to_model(state_dict)
+    # ... and --backbone names it, whatever `arch` says.
+    for arch in (None, "vit_small"):
+        model = convert.moco_checkpoint_to_model(
+            state_dict, arch=arch, backbone="resnet50", backbone_kwargs=TINY_RESNET50
+        )
+        assert model.config.backbone == "resnet50"
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x).projection, encoder(x), rtol=1e-4, atol=1e-5)

@@ -91,7 +91,9 @@ def _check_final_folder(output_dir: Path, teacher: str) -> None:
     checkpoint_keys = set(load_file(checkpoint / "model.safetensors"))
     assert checkpoint_keys <= set(StudentForDistillation(student_config).state_dict())
 
-    assert ModelCard.load(final / "README.md").data.base_model == teacher
+    # A local folder or a timm name is no Hub id: the card names the teacher in its text, not as base_model.
+    card = ModelCard.load(final / "README.md")
+    assert card.data.base_model is None and f"| Teacher | `{teacher}` |" in card.text
 
 
 @pytest.mark.parametrize(

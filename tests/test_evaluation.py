@@ -243,6 +243,7 @@ def test_extract_features_across_two_processes():
 @pytest.fixture(scope="module")
 def moco_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("moco")
+    torch.manual_seed(1234)  # other weights than a fresh model drawn after the tests' seed 0
     MoCoModel(tiny_moco_v2()).save_pretrained(folder)
     return folder
 
@@ -295,12 +296,15 @@ def test_random_init_and_classifier(moco_folder, tmp_path):
     )
     timm_classifier = load_classifier("timm:test_resnet", num_labels=3, pretrained=False)
     assert timm_classifier(x).shape == (2, 3)
-    # A family without a registered classification head gets a linear layer on its pooled embedding.
+    # Every sslhub family registers a classification head (here colorization's); timm models get a
+    # `LinearClassifier` on their pooled embedding.
     ColorizationModel(ColorizationConfig(backbone="test_resnet", image_size=32)).save_pretrained(
         tmp_path / "color"
     )
     color_classifier = load_classifier(str(tmp_path / "color"), num_labels=4)
-    assert isinstance(color_classifier, LinearClassifier) and color_classifier(x).shape == (2, 4)
+    assert type(color_classifier).__name__ == "ColorizationForImageClassification"
+    assert color_classifier(x).logits.shape == (2, 4)
+    assert isinstance(timm_classifier, LinearClassifier)
     labelled = [{"pixel_values": x, "label": torch.tensor([0, 1])}]
     assert 0.0 <= classifier_accuracy(timm_classifier, labelled) <= 1.0
 
@@ -359,19 +363,22 @@ def _recipe():
     return module
 
 
-@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune"])
+@pytest.mark.parametrize("protocol", ["knn", "linear", "linear-fast", "finetune"])
 def test_recipe_writes_results(protocol, moco_folder, tmp_path):
     recipe = _recipe()
-    cfg = recipe.EvalConfig(
+    cfg = recipe.EvalArguments(
         model=str(moco_folder),
-        train_dataset="sample",
+        dataset="sample",
         protocol=protocol,
         max_train_samples=200,
         max_eval_samples=100,
         batch_size=50,
         num_workers=0,
         epochs=2 if protocol == "finetune" else 20,
-        k=20,
+        linear_learning_rates=[0.03, 0.3],
+        linear_weight_decays=[0.0, 1e-4],
+        knn_k=20,
+        mixed_precision="no",  # the process's Accelerator state is shared with the other tests
         output_dir=str(tmp_path / "out"),
         cache_dir=str(tmp_path / "cache"),
         plots=protocol == "finetune",
@@ -386,6 +393,7 @@ def test_recipe_writes_results(protocol, moco_folder, tmp_path):
         == {
             "knn": "kNN top-1 (k=20, T=0.1)",
             "linear": "linear probe top-1",
+            "linear-fast": "linear probe top-1 (one setting)",
             "finetune": "fine-tuning top-1",
         }[protocol]
     )
@@ -431,9 +439,9 @@ def test_demo_model_beats_random_init(tmp_path):
     recipe = _recipe()
     accuracy = {}
     for random_init in (False, True):
-        cfg = recipe.EvalConfig(
+        cfg = recipe.EvalArguments(
             model=str(tmp_path / "demo" / "final"),
-            train_dataset="sample",
+            dataset="sample",
             protocol="knn",
             random_init=random_init,
             num_workers=0,

@@ -19,7 +19,7 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, pipeline
 
-from sslhub import MoCoModel, data, embed, hub
+from sslhub import MoCoModel, hub
 from sslhub.hub import folders, remote_code, timm_export
 
 from .helpers import REPO_ID, fill_hub_cache, tiny_moco_v2, tiny_moco_v3
@@ -56,8 +56,9 @@ def test_pipeline_returns_pooled_embedding(published):
     processor = AutoImageProcessor.from_pretrained(published["folder"])
     model = MoCoModel.from_pretrained(published["folder"]).eval()
     with torch.no_grad():
-        expected = model(**processor(images=image, return_tensors="pt")).pooler_output
-    for kwargs in ({}, {"pool": True}):
+        output = model(**processor(images=image, return_tensors="pt"))
+    # pool=True: the pooled embedding; without it, last_hidden_state, as for transformers' own models.
+    for kwargs, expected in (({"pool": True}, output.pooler_output), ({}, output.last_hidden_state)):
         features = extractor(image, return_tensors=True, **kwargs)
         torch.testing.assert_close(features.reshape(expected.shape), expected)
 
@@ -197,9 +198,5 @@ def test_every_registered_family_can_ship_remote_code():
 def test_public_names_stay_importable_from_sslhub_hub():
     for name in hub.__all__:
         assert getattr(hub, name) is not None, name
-    # Embedding moved to `sslhub.embed`; the old names resolve to the same functions.
-    for name in ("embed_images", "list_images", "load_embeddings"):
-        assert getattr(hub, name) is getattr(embed, name)
-    assert embed.IMAGE_EXTENSIONS is data.IMAGE_EXTENSIONS
     with pytest.raises(AttributeError):
         hub.IMAGE_SUFFIXES  # noqa: B018  (one extension list: `sslhub.data.IMAGE_EXTENSIONS`)

@@ -169,8 +169,10 @@ def test_pretraining_checkpoint_loads_as_encoder_and_classifier(tmp_path):
     with torch.no_grad():
         expected = pretraining.query_encoder(x).pooler_output
         torch.testing.assert_close(encoder(x).pooler_output, expected, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(classifier(x).pooler_output, expected, rtol=1e-6, atol=1e-6)
-    assert classifier(x).logits.shape == (2, 5)
+        torch.testing.assert_close(classifier.base_model(x).pooler_output, expected, rtol=1e-6, atol=1e-6)
+        logits = classifier(x).logits
+    assert logits.shape == (2, 5)
+    torch.testing.assert_close(logits, classifier.classifier(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_pretraining_from_an_encoder_folder_copies_query_into_key(tmp_path):
@@ -240,8 +242,10 @@ def test_saved_folder_serves_image_processor_and_pipeline(tmp_path):
     with torch.no_grad():
         expected = model(pixel_values).pooler_output
     torch.testing.assert_close(features.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
-    default = torch.tensor(extractor(image))  # the default output is the pooled embedding too
-    torch.testing.assert_close(default.reshape(expected.shape), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        feature_map = model(pixel_values).last_hidden_state
+    default = torch.tensor(extractor(image))  # without pool: last_hidden_state, as transformers models
+    torch.testing.assert_close(default.reshape(feature_map.shape), feature_map, rtol=1e-5, atol=1e-5)
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

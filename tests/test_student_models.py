@@ -1,16 +1,25 @@
 """Contract tests over the student model classes, distillation-specific behaviour, teachers and k-means."""
 
+import importlib
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-from sslhub import MoCoModel, StudentConfig, StudentForDistillation, StudentModel
+from sslhub import (
+    MoCoModel,
+    StudentConfig,
+    StudentForDistillation,
+    StudentForImageClassification,
+    StudentModel,
+)
 from sslhub.models.modeling_common import output_embedding
 from sslhub.models.modeling_student import TeacherAdapter
 from sslhub.training import assign_clusters, kmeans, load_teacher
+from sslhub.training.kmeans import faiss_available
 
 from .helpers import tiny_moco_v2
 
@@ -20,7 +29,11 @@ BACKBONES = {
     "test_vit": {"img_size": 32, "patch_size": 8},
 }
 QUEUE_LOSSES = ("seed", "compress_1q", "compress_2q")
-AUTO_CLASS = {StudentModel: AutoModel, StudentForDistillation: AutoModelForPreTraining}
+AUTO_CLASS = {
+    StudentModel: AutoModel,
+    StudentForDistillation: AutoModelForPreTraining,
+    StudentForImageClassification: AutoModelForImageClassification,
+}
 
 
 def tiny_student(loss="seed", backbone="test_resnet", **overrides) -> StudentConfig:
@@ -46,9 +59,9 @@ def tiny_teacher(loss="seed") -> TeacherAdapter:
 
 
 def _build(model_class, backbone, loss="seed"):
-    config = tiny_student(loss, backbone)
-    if model_class is StudentModel:
-        return StudentModel(config), config
+    config = tiny_student(loss, backbone, num_labels=3)
+    if model_class is not StudentForDistillation:
+        return model_class(config), config
     return StudentForDistillation(config, teacher=tiny_teacher(loss)), config
 
 
@@ -59,6 +72,8 @@ def _images(batch=4):
 def _primary(output):
     if getattr(output, "loss", None) is not None:
         return output.loss
+    if "logits" in output:
+        return output.logits.pow(2).sum()
     return output.pooler_output.pow(2).sum() + output.projection.pow(2).sum()
 
 
@@ -71,7 +86,9 @@ class TestContract:
         if model_class is StudentModel:
             assert output.pooler_output.shape == (4, model.num_features)
             assert output.projection.shape == (4, config.teacher_dim)
-            assert list(output.keys())[0] == "pooler_output"
+            assert list(output.keys()) == ["last_hidden_state", "pooler_output", "projection"]
+        elif model_class is StudentForImageClassification:
+            assert output.logits.shape == (4, 3) and output.loss is None
         else:
             assert output.logits.shape == (4, 1 + config.queue_size)
             assert output.student_embeddings.shape == output.teacher_embeddings.shape == (4, 16)
@@ -123,7 +140,7 @@ class TestContract:
         reference = timm.create_model(config.backbone, num_classes=0, **(config.backbone_kwargs or {}))
         reference.load_state_dict(stripped, strict=True)
         reference.eval()
-        encoder = model if model_class is StudentModel else model.student
+        encoder = model.base_model
         x = torch.randn(2, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(reference(x), encoder.backbone(x), rtol=0, atol=0)
@@ -310,18 +327,49 @@ def test_output_embedding_reads_every_layout():
         output_embedding({"pooler_output": torch.ones(3, 4)}, "logits")
 
 
-def test_kmeans_matches_sklearn_on_separated_blobs():
+BACKENDS = [
+    "torch",
+    pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="no faiss")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kmeans_matches_sklearn_on_separated_blobs(backend):
     from sklearn.cluster import KMeans
     from sklearn.datasets import make_blobs
     from sklearn.metrics import adjusted_rand_score
 
     points, truth = make_blobs(n_samples=300, centers=6, n_features=5, cluster_std=0.5, random_state=0)
-    centroids, labels = kmeans(torch.from_numpy(points), 6, seed=0)
+    centroids, labels = kmeans(torch.from_numpy(points), 6, seed=0, backend=backend)
     reference = KMeans(n_clusters=6, n_init=4, random_state=0).fit(points)
     assert adjusted_rand_score(reference.labels_, labels.numpy()) == 1.0
     assert adjusted_rand_score(truth, labels.numpy()) == 1.0
     for index in range(6):  # every centre is the mean of its members
-        torch.testing.assert_close(centroids[index], torch.from_numpy(points)[labels == index].mean(dim=0))
+        torch.testing.assert_close(
+            centroids[index], torch.from_numpy(points)[labels == index].mean(dim=0), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_kmeans_parallel_initialization_passes_over_the_data_a_few_times_whatever_k(monkeypatch):
+    module = importlib.import_module("sslhub.training.kmeans")
+
+    passes = []
+    original = module._squared_distances
+
+    def counted(x, centroids, chunk_size):
+        passes.append(len(x))
+        return original(x, centroids, chunk_size)
+
+    monkeypatch.setattr(module, "_squared_distances", counted)
+    features = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    counts = {}
+    for k in (4, 64):
+        passes.clear()
+        centres = module.kmeans_parallel_init(features, k, generator, rounds=5)
+        counts[k] = sum(n == len(features) for n in passes)  # full passes over the 2,000 vectors
+        assert centres.shape == (k, 8) and len({tuple(c.tolist()) for c in centres}) == k
+    assert counts[4] == counts[64] <= 1 + 5 + 1  # the first centre, the rounds, the weights
 
 
 def test_assign_clusters_is_the_nearest_centroid():
@@ -333,15 +381,15 @@ def test_assign_clusters_is_the_nearest_centroid():
 
 
 def test_kmeans_handles_duplicates_and_empty_clusters():
-    # 3 distinct points repeated, k = 3: k-means++ must find all three; k = N gives singletons.
+    # 3 distinct points repeated, k = 3: k-means|| must find all three; k = N gives singletons.
     points = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]).repeat(4, 1)
-    centroids, labels = kmeans(points, 3)
+    centroids, labels = kmeans(points, 3, backend="torch")
     assert torch.isfinite(centroids).all() and len(set(labels.tolist())) == 3
     distinct = torch.randn(8, 3)
-    _, labels = kmeans(distinct, 8)
+    _, labels = kmeans(distinct, 8, backend="torch")
     assert sorted(labels.tolist()) == list(range(8))
     # More clusters than distinct points: empty clusters are re-seeded, the result stays valid.
-    centroids, labels = kmeans(points, 5, iters=5)
+    centroids, labels = kmeans(points, 5, iters=5, backend="torch")
     assert torch.isfinite(centroids).all() and labels.max() < 5
     with pytest.raises(ValueError, match="num_clusters"):
         kmeans(points, 13)

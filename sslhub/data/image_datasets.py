@@ -98,15 +98,17 @@ class UInt8ImageDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Map-style dataset of one deterministic (evaluation) view per image: `{"pixel_values", "label", "index"}`.
+    """Map-style dataset of one deterministic (evaluation) view per image: `{"pixel_values", "label", "index"}`,
+    plus the image's file `path` (or None) with `with_paths`.
 
     An unreadable image gives `{"unreadable": [name]}`, which `collate` drops from the batch (and counts).
     """
 
-    def __init__(self, dataset: datasets.Dataset, transform: Callable) -> None:
+    def __init__(self, dataset: datasets.Dataset, transform: Callable, with_paths: bool = False) -> None:
         self.dataset = dataset
         self.transform = transform
         self.has_labels = "label" in dataset.column_names
+        self.with_paths = with_paths
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -119,6 +121,9 @@ class ImageDataset(Dataset):
         item = {"pixel_values": self.transform(image), "index": index}
         if self.has_labels:
             item["label"] = row["label"]
+        if self.with_paths:
+            value = row["image"]
+            item["path"] = value.get("path") if isinstance(value, dict) else None
         return item
 
 
@@ -169,7 +174,12 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
     if kept:
         for key in kept[0]:
             values = [item[key] for item in kept]
-            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+            if isinstance(values[0], torch.Tensor):
+                batch[key] = torch.stack(values)
+            elif isinstance(values[0], (int, float)):
+                batch[key] = torch.tensor(values)
+            else:  # names and paths stay a list
+                batch[key] = values
     batch["unreadable"] = unreadable
     batch["num_skipped"] = torch.tensor(len(unreadable) + sum(item is None for item in items))
     return batch

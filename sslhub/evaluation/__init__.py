@@ -8,10 +8,10 @@
   training curves.
 """
 
-from .features import cache_key, cached_features, cached_tensors, extract_features
+from .features import cache_key, cached_features, cached_tensors, embedded_batches, extract_features
 from .finetune import LinearClassifier, classifier_accuracy, classifier_logits, load_classifier
 from .knn import knn_accuracy, knn_predict, nearest_neighbours
-from .linear import LinearProbeResult, linear_probe
+from .linear import LinearProbeResult, LinearSweepResult, linear_probe, linear_probe_sweep, stratified_split
 from .reference import (
     TIMM_PREFIX,
     ModelReference,
@@ -26,6 +26,7 @@ __all__ = [
     "TIMM_PREFIX",
     "LinearClassifier",
     "LinearProbeResult",
+    "LinearSweepResult",
     "ModelReference",
     "cache_key",
     "cached_features",
@@ -35,10 +36,13 @@ __all__ = [
     "classifier_accuracy",
     "classifier_logits",
     "embed",
+    "embedded_batches",
     "extract_features",
     "knn_accuracy",
     "knn_predict",
     "linear_probe",
+    "linear_probe_sweep",
+    "stratified_split",
     "load_classifier",
     "load_encoder",
     "load_model",

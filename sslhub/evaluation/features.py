@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .reference import embed
+from ..models.modeling_common import output_embedding
 
 
 def _gather_by_index(accelerator, features: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor):
@@ -42,6 +42,30 @@ def _first_of_each_index(features: torch.Tensor, labels: torch.Tensor | None, in
     first[1:] = indices[1:] != indices[:-1]
     order = order[first]
     return features[order], (labels[order] if labels is not None else None), indices[first]
+
+
+@torch.no_grad()
+def embedded_batches(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    how: str = "pooled",
+    progress: bool = True,
+    description: str = "features",
+    total: int | None = None,
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """`(batch, embeddings (n, D) float32)` for every batch that holds an image, the model in eval mode
+    (its mode is restored at the end); `how` picks the embedding (`output_embedding`: pooled, projection...).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for batch in tqdm(batches, desc=description, disable=not progress, leave=False, total=total):
+            if "pixel_values" not in batch:  # every image of this batch was unreadable
+                continue
+            yield batch, output_embedding(model(batch["pixel_values"].to(device)), how).float()
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -74,15 +98,10 @@ def extract_features(
         `(features (N, D) float32 on CPU, labels (N,) or None)`, plus `indices (N,)` (None for batches
         without an index) with `return_indices`.
     """
-    was_training = model.training
-    model.eval()
     features, labels, indices = [], [], []
     device = next(model.parameters()).device
     show = progress and (accelerator is None or accelerator.is_main_process)
-    for batch in tqdm(batches, desc=description, disable=not show, leave=False):
-        if "pixel_values" not in batch:  # every image of this batch was unreadable
-            continue
-        embedding = embed(model, batch["pixel_values"].to(device)).float()
+    for batch, embedding in embedded_batches(model, batches, progress=show, description=description):
         label, index = batch.get("label"), batch.get("index")
         if index is None and accelerator is not None:
             embedding = accelerator.gather_for_metrics(embedding)
@@ -92,7 +111,6 @@ def extract_features(
             labels.append(label.cpu())
         if index is not None:
             indices.append(index.cpu())
-    model.train(was_training)
     if not features:
         raise ValueError("no batch to embed: the dataset is empty or every image was unreadable")
     features_out = torch.cat(features)

@@ -30,10 +30,10 @@ def load_classifier(
 ) -> nn.Module:
     """The model of full fine-tuning: the encoder of `spec` with a new linear head of `num_labels` classes.
 
-    Models whose family registers a classification head load through `AutoModelForImageClassification`
-    (`MoCoForImageClassification`; transformers models get their head replaced); the others (`timm:<name>`,
-    sslhub families without a registered head) become a `LinearClassifier` on their pooled embedding.
-    Read logits from the output with `classifier_logits`.
+    sslhub and transformers models load through `AutoModelForImageClassification` (every sslhub family has a
+    classification head; a transformers model gets its head replaced); `timm:<name>` (and any model without
+    a registered head) becomes a `LinearClassifier` on its pooled embedding. Read logits from the output with
+    `classifier_logits`.
     """
     if not spec.startswith(TIMM_PREFIX):
         try:

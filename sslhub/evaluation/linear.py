@@ -102,3 +102,101 @@ def linear_probe(
         accuracy = (classifier(test_x).argmax(1) == test_y).float().mean().item()
         train_accuracy = (classifier(train_x).argmax(1) == train_y).float().mean().item()
     return LinearProbeResult(accuracy, classifier.cpu(), mean, std, train_accuracy)
+
+
+def stratified_split(
+    labels: torch.Tensor, fraction: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices `(kept, held_out)` holding out `fraction` of every class (at least one image of each class
+    with two or more), drawn with `seed`."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    kept, held_out = [], []
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        held_out.append(members[:count])
+        kept.append(members[count:])
+    return torch.cat(kept).sort().values, torch.cat(held_out).sort().values
+
+
+@dataclass
+class LinearSweepResult:
+    """Outcome of `linear_probe_sweep`: test top-1 at the setting best on validation, and the whole sweep."""
+
+    accuracy: float
+    learning_rate: float
+    weight_decay: float
+    validation_accuracy: float
+    train_accuracy: float
+    sweep: list[dict[str, float]]
+
+
+def linear_probe_sweep(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int | None = None,
+    learning_rates: list[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
+    weight_decays: list[float] = (0.0, 1e-5, 1e-4, 1e-3),
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **probe_settings,
+) -> LinearSweepResult:
+    """The linear evaluation protocol of the field (MoCo / SimCLR evaluation code, solo-learn): hold out a
+    class-balanced `val_fraction` of the training set, train a probe for every (learning rate, weight decay)
+    on the rest and score it on the held-out part, then train the best setting on the whole training set
+    and report its test top-1. The test set never chooses anything.
+
+    Args:
+        train_features / train_labels, test_features / test_labels: frozen features and labels.
+        num_classes: C; inferred from the labels when `None`.
+        learning_rates / weight_decays: the grid.
+        val_fraction: the held-out part of the training set.
+        seed: seed of the split and of every probe.
+        probe_settings: the other arguments of `linear_probe` (epochs, batch_size, optimizer, device...).
+    """
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    kept, held_out = stratified_split(train_labels.cpu(), val_fraction, seed)
+    sweep = []
+    for learning_rate in learning_rates:
+        for weight_decay in weight_decays:
+            probe = linear_probe(
+                train_features[kept],
+                train_labels[kept],
+                train_features[held_out],
+                train_labels[held_out],
+                num_classes,
+                learning_rate=learning_rate,
+                weight_decay=weight_decay,
+                seed=seed,
+                **probe_settings,
+            )
+            sweep.append(
+                dict(
+                    learning_rate=learning_rate, weight_decay=weight_decay, validation_accuracy=probe.accuracy
+                )
+            )
+    best = max(sweep, key=lambda row: row["validation_accuracy"])
+    final = linear_probe(
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes,
+        learning_rate=best["learning_rate"],
+        weight_decay=best["weight_decay"],
+        seed=seed,
+        **probe_settings,
+    )
+    return LinearSweepResult(
+        accuracy=final.accuracy,
+        learning_rate=best["learning_rate"],
+        weight_decay=best["weight_decay"],
+        validation_accuracy=best["validation_accuracy"],
+        train_accuracy=final.train_accuracy,
+        sweep=sweep,
+    )

@@ -13,6 +13,7 @@ def metric_name(protocol: str, k: int = 200, temperature: float = 0.1) -> str:
     names = {
         "knn": f"kNN top-1 (k={k}, T={temperature:g})",
         "linear": "linear probe top-1",
+        "linear-fast": "linear probe top-1 (one setting)",
         "finetune": "fine-tuning top-1",
     }
     if protocol not in names:

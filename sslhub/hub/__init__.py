@@ -7,7 +7,9 @@ Everything here works on saved model folders (`save_pretrained` output), so it s
 
 One module per capability: `folders` (resolving and describing a folder), `remote_code`, `cards`,
 `timm_export`, `publish` (pushing) and the checkpoint converters, `convert` (shared part and dispatch),
-`convert_moco` (MoCo v1/v2) and `convert_moco_v3`. The public names are re-exported here.
+`convert_moco` (MoCo v1/v2) and `convert_moco_v3`, and the model zoo: `zoo` (the catalogue, and from a
+name to a converted folder) over `download` (resumable HTTP downloads). The public names are re-exported
+here.
 """
 
 from .cards import (
@@ -26,24 +28,21 @@ from .convert import (
     moco_checkpoint_to_model,
     read_checkpoint,
 )
+from .download import DownloadError, download_file
 from .folders import describe_model, resolve_model_dir
+from .onnx_export import check_onnx, export_onnx
 from .publish import HubError, check_can_push, hub_endpoint, push_to_hub
 from .remote_code import add_remote_code, remote_code_files
 from .timm_export import export_timm
-
-# Embedding a folder of images moved to `sslhub.embed`; these names stay importable from here. They are
-# resolved on first use: `sslhub.embed` imports `sslhub.hub.folders` and the data module.
-_EMBED_NAMES = ("embed_images", "list_images", "load_embeddings")
-
-
-def __getattr__(name: str):
-    """The embedding functions of `sslhub.embed`, under their old `sslhub.hub` names."""
-    if name in _EMBED_NAMES:
-        from .. import embed
-
-        return getattr(embed, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .zoo import (
+    ReportedResult,
+    ZooEntry,
+    convert_zoo_model,
+    from_zoo,
+    list_models,
+    markdown_table,
+    zoo_entry,
+)
 
 __all__ = [
     "FAMILIES",
@@ -51,17 +50,24 @@ __all__ = [
     "REPO_ID_PLACEHOLDER",
     "TEMPLATE_PATH",
     "CheckpointError",
+    "DownloadError",
     "HubError",
+    "ReportedResult",
+    "ZooEntry",
     "add_remote_code",
     "check_can_push",
+    "check_onnx",
     "convert_checkpoint",
+    "convert_zoo_model",
     "describe_model",
     "detect_layout",
-    "embed_images",
+    "download_file",
+    "export_onnx",
     "export_timm",
+    "from_zoo",
     "hub_endpoint",
-    "list_images",
-    "load_embeddings",
+    "list_models",
+    "markdown_table",
     "merge_eval_results",
     "moco_checkpoint_to_model",
     "push_to_hub",
@@ -70,4 +76,5 @@ __all__ = [
     "resolve_model_dir",
     "update_card_eval_results",
     "write_model_card",
+    "zoo_entry",
 ]

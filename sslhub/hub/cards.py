@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PretrainedConfig
 
 from .folders import FAMILIES, describe_model, load_sslhub_config
@@ -77,9 +78,52 @@ def merge_eval_results(old: Iterable[EvalResult], new: Iterable[dict | EvalResul
     return list(merged.values())
 
 
-def _is_hub_id(name: str) -> bool:
-    """`org/name` that is not a local path."""
-    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+"""The values the Hub accepts for `base_model_relation` (it infers one when the card sets none)."""
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """`org/name` as the Hub spells repository ids, and not a local path."""
+    if not name or not re.fullmatch(r"[\w.-]+/[\w.-]+", name) or Path(name).exists():
+        return False
+    try:
+        validate_repo_id(name)  # no leading dot, no "--" or "..", ...
+    except HFValidationError:
+        return False
+    return True
+
+
+def _model_link(name: str) -> str:
+    """A Hub id as a link to its page; anything else (a local path, `timm:<name>`) as code."""
+    return f"[`{name}`](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`"
+
+
+def _lineage(config: PretrainedConfig, base_model: str | None, relation: str | None) -> dict | None:
+    """What the card says about the model this one comes from: a table row and a paragraph."""
+    is_student = config.model_type == "sslhub_student"
+    source = base_model or (getattr(config, "teacher_name", None) if is_student else None)
+    if not source:
+        return None
+    on_hub = _is_hub_id(source)
+    if is_student:
+        label, note = "Teacher", f"The student was distilled from the frozen teacher {_model_link(source)}"
+        if not on_hub:
+            note += ", a local model that is not on the Hub, so the metadata names no `base_model`."
+        elif relation is None:
+            note += (
+                ", named as `base_model` in the metadata without a `base_model_relation`: the Hub's "
+                f"relations ({', '.join(BASE_MODEL_RELATIONS)}) have no value for distillation, and the student "
+                "holds none of the teacher's weights."
+            )
+        else:
+            note += f" (`base_model_relation: {relation}`)."
+    else:
+        label, note = "Initialized from", f"Training continued from {_model_link(source)}"
+        if on_hub:
+            note += f" (`base_model` in the metadata{f', `base_model_relation: {relation}`' if relation else ''})."
+        else:
+            note += ", a local model that is not on the Hub, so the metadata names no `base_model`."
+    return {"label": label, "value": _model_link(source), "note": note}
 
 
 def _eval_table(results: Sequence[EvalResult]) -> str:
@@ -142,6 +186,7 @@ def write_model_card(
     family: str,
     paper: str | None,
     base_model: str | None = None,
+    base_model_relation: str | None = "auto",
     datasets: Sequence[str] = (),
     reproduce_command: str | None = None,
     training_summary: dict | None = None,
@@ -159,7 +204,12 @@ def write_model_card(
         model_name: the card's title and `model-index` name.
         family: the method, e.g. `"MoCo v2"` or `"SEED distillation"`.
         paper: a key of `PAPERS` (e.g. `"moco-v2"`) or a citation / URL written as given.
-        base_model: the teacher's Hub id for distilled students (`base_model` in the metadata).
+        base_model: the model this one comes from: the teacher of a distilled student (default: the
+            student config's `teacher_name`), or the model whose training this continued (`--init_from`). A Hub
+            id (`org/name`) goes into the metadata as `base_model`; a local path is only named in the text.
+        base_model_relation: the metadata's `base_model_relation`, one of `BASE_MODEL_RELATIONS` or None;
+            `"auto"`: `"finetune"` for a model whose training continued from `base_model`, none for a
+            distilled student (the Hub has no relation for distillation; the card says so).
         datasets: Hub ids of the training data (`datasets` in the metadata).
         reproduce_command: the exact shell command that produces this model.
         training_summary: settings shown in a table (dataset, epochs, batch, hardware, time, commit...).
@@ -175,6 +225,14 @@ def write_model_card(
     """
     folder = Path(folder)
     info = describe_model(folder)
+    config = load_sslhub_config(folder)
+    if base_model_relation == "auto":
+        base_model_relation = None if config.model_type == "sslhub_student" else "finetune"
+    elif base_model_relation is not None and base_model_relation not in BASE_MODEL_RELATIONS:
+        raise ValueError(
+            f"base_model_relation must be one of {list(BASE_MODEL_RELATIONS)} or None, got {base_model_relation!r}"
+        )
+    on_hub = _is_hub_id(base_model)
     results = merge_eval_results([], eval_results)
     tags = ["sslhub", "self-supervised-learning", "image-feature-extraction", "timm"]
     slug = re.sub(r"[^a-z0-9]+", "-", family.lower()).strip("-")
@@ -186,7 +244,8 @@ def write_model_card(
         tags=tags,
         datasets=[d for d in datasets if _is_hub_id(d)] or None,  # local paths mean nothing on the Hub
         pipeline_tag="image-feature-extraction",
-        base_model=base_model,
+        base_model=base_model if on_hub else None,  # a local path means nothing on the Hub
+        base_model_relation=base_model_relation if on_hub else None,
         eval_results=results or None,
     )
     outputs = info.get("outputs", {})
@@ -230,6 +289,7 @@ def write_model_card(
         input_description=input_description,
         num_parameters=f"{num_parameters / 1e6:.2f} M" if num_parameters else "?",
         base_model=base_model,
+        lineage=_lineage(config, base_model, base_model_relation),
         repo_id=repo_id or REPO_ID_PLACEHOLDER,
         timm_section="",  # filled in by `push_to_hub(..., include_timm=True)`
         reproduce_command=reproduce_command,

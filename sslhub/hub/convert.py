@@ -100,16 +100,21 @@ def detect_layout(state_dict: dict[str, torch.Tensor]) -> str:
     raise CheckpointError(f"unknown checkpoint layout (first keys: {sample}); {_EXPECTED_LAYOUTS}")
 
 
-def resnet_backbone(state_dict: dict[str, torch.Tensor], prefix: str, arch: str | None) -> tuple[str, bool]:
+def resnet_backbone(
+    state_dict: dict[str, torch.Tensor], prefix: str, arch: str | None, backbone: str | None = None
+) -> tuple[str, bool]:
     """The timm (= torchvision) name of the ResNet stored under `prefix`, and whether its stem is small.
 
-    The name is `arch`, else read from the block type and the blocks per stage; a small stem is the
-    CIFAR-style 3x3 first convolution (`small_input_stem`).
+    The name is `backbone` when given, else `arch`, else read from the block type and the blocks per stage;
+    a small stem is the CIFAR-style 3x3 first convolution (`small_input_stem`).
 
     Raises:
-        CheckpointError: `arch` is not a ResNet, or the block type and depths match no known ResNet.
+        CheckpointError: without `backbone`, `arch` is not a ResNet, or the block type and depths match no
+            known ResNet.
     """
     small_stem = state_dict[f"{prefix}conv1.weight"].shape[-1] == 3
+    if backbone:  # the user's name wins: it may be a ResNet of a depth no table lists
+        return backbone, small_stem
     if arch:
         if not arch.startswith(("resnet", "wide_resnet", "resnext")):
             raise CheckpointError(f"arch={arch!r} is not a ResNet; pass --backbone with the timm name")
@@ -256,6 +261,10 @@ def convert_checkpoint(
     image_size: int | None = None,
     model_name: str | None = None,
     datasets: Sequence[str] = ("ILSVRC/imagenet-1k",),
+    source_url: str | None = None,
+    eval_results: Sequence[dict] = (),
+    reproduce_command: str | None = None,
+    license: str = "apache-2.0",
 ) -> Path:
     """Convert an official MoCo v1/v2/v3 checkpoint into an sslhub folder with remote code and a card.
 
@@ -268,6 +277,11 @@ def convert_checkpoint(
         image_size: see `moco_checkpoint_to_model`.
         model_name: the card title; the output folder name by default.
         datasets: the training data for the card (ImageNet for the official checkpoints).
+        source_url: where the checkpoint was downloaded from, linked from the card.
+        eval_results: results the checkpoint's source reports, for the card's `model-index` (the
+            `update_card_eval_results` format; `source_name` / `source_url` attribute them).
+        reproduce_command: the card's command; `sslhub convert FILE OUTPUT_DIR ...` by default.
+        license: the license of the weights (the authors' MoCo checkpoints are `cc-by-nc-4.0`).
 
     Returns:
         `output_dir`.
@@ -284,7 +298,7 @@ def convert_checkpoint(
     model.save_pretrained(output_dir)
     add_remote_code(output_dir)
     version = model.config.version
-    command = f"sslhub convert {Path(checkpoint).name} {output_dir.name}"
+    command = reproduce_command or f"sslhub convert {Path(checkpoint).name} {output_dir.name}"
     for flag, value in (
         ("--arch", arch if arch != meta.get("arch") else None),
         ("--backbone", backbone),
@@ -294,7 +308,8 @@ def convert_checkpoint(
             command += f" {flag} {value}"
     if backbone_kwargs:
         command += f" --backbone-kwargs '{json.dumps(backbone_kwargs)}'"
-    summary = {"source checkpoint": Path(checkpoint).name, "source arch": arch or "inferred from the keys"}
+    source = f"[{Path(checkpoint).name}]({source_url})" if source_url else Path(checkpoint).name
+    summary = {"source checkpoint": source, "source arch": arch or "inferred from the keys"}
     if meta.get("epoch") is not None:
         summary["epochs"] = meta["epoch"]
     summary["converted to"] = (
@@ -308,11 +323,19 @@ def convert_checkpoint(
         datasets=datasets,
         reproduce_command=command,
         training_summary=summary,
+        eval_results=eval_results,
+        license=license,
         limitations=(
             "Converted from the authors' checkpoint: the weights are theirs, unchanged; the image processor "
             "assumes ImageNet normalization and a 0.875 centre crop, as in the authors' linear evaluation. "
             "Settings not stored in the checkpoint (temperature, momentum) are the paper's defaults and "
             "matter only to continue pre-training."
+            + (
+                " The accuracies under Evaluation are the ones the checkpoint's source reports, not measured "
+                "by sslhub on these converted weights."
+                if eval_results
+                else ""
+            )
         ),
     )
     return output_dir

@@ -34,7 +34,7 @@ def moco_v1_v2_config(
         backbone_kwargs: extra `timm.create_model` arguments.
         image_size: the input size for the image processor (32 for a small stem, 224 otherwise by default).
     """
-    name, small_stem = resnet_backbone(state_dict, _PREFIX, arch)
+    name, small_stem = resnet_backbone(state_dict, _PREFIX, arch, backbone)
     common = backbone_settings(backbone or name, {}, small_stem, backbone_kwargs, image_size)
     weights = encoder_weights(state_dict, _PREFIX, _HEAD)
     if layout == "moco_v1":  # a bare nn.Linear; sslhub's projector is always a sequence of layers

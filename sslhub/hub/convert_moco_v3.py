@@ -71,7 +71,7 @@ def moco_v3_config(
         small_stem = False
     else:
         head = f"{_PREFIX}fc."
-        (name, small_stem), derived_kwargs = resnet_backbone(state_dict, _PREFIX, arch), {}
+        (name, small_stem), derived_kwargs = resnet_backbone(state_dict, _PREFIX, arch, backbone), {}
     common = backbone_settings(backbone or name, derived_kwargs, small_stem, backbone_kwargs, image_size)
     settings = projector_settings(mlp_spec(state_dict, head))
     predictor = mlp_spec(state_dict, "predictor.")

@@ -14,13 +14,18 @@ sslhub is not installed.
 from .configuration_colorization import ColorizationConfig
 from .configuration_moco import MoCoConfig
 from .configuration_student import StudentConfig
-from .modeling_colorization import ColorizationForPreTraining, ColorizationModel
+from .modeling_colorization import (
+    ColorizationForImageClassification,
+    ColorizationForPreTraining,
+    ColorizationModel,
+)
 from .modeling_common import image_processor_for
 from .modeling_moco import MoCoForImageClassification, MoCoForPreTraining, MoCoModel
-from .modeling_student import StudentForDistillation, StudentModel
+from .modeling_student import StudentForDistillation, StudentForImageClassification, StudentModel
 
 __all__ = [
     "ColorizationConfig",
+    "ColorizationForImageClassification",
     "ColorizationForPreTraining",
     "ColorizationModel",
     "MoCoConfig",
@@ -29,6 +34,7 @@ __all__ = [
     "MoCoModel",
     "StudentConfig",
     "StudentForDistillation",
+    "StudentForImageClassification",
     "StudentModel",
     "image_processor_for",
 ]

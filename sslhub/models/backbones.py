@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import timm
@@ -152,8 +153,48 @@ def reset_sincos_position_embedding(backbone: nn.Module) -> None:
     backbone.pos_embed.copy_(_sincos_table_for(backbone))
 
 
-def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a timm backbone and return `(feature_map_or_tokens, pooled)` through timm's public interface."""
+def backbone_features(
+    backbone: nn.Module, pixel_values: torch.Tensor, output_hidden_states: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Run a timm backbone once through its public interface: `(features, pooled, hidden_states)`.
+
+    `features` is the output of `forward_features`: the last feature map (N, C, h, w) or the tokens
+    (N, L, C); `pooled` is `forward_head(features, pre_logits=True)`. With `output_hidden_states`, the same
+    single pass goes through `forward_intermediates` instead (see `backbone_intermediates`); otherwise
+    `hidden_states` is None.
+    """
+    if output_hidden_states:
+        features, hidden_states = backbone_intermediates(backbone, pixel_values)
+    else:
+        features, hidden_states = backbone.forward_features(pixel_values), None
+    return features, backbone.forward_head(features, pre_logits=True), hidden_states
+
+
+def backbone_intermediates(
+    backbone: nn.Module, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`(features, hidden_states)` from one pass of timm's `forward_intermediates(x, indices=None)`.
+
+    `features` equals `forward_features(x)`; `hidden_states` holds every intermediate timm returns: for
+    CNNs the stem and each stage, (N, C_i, h_i, w_i) (a small-input ResNet stem included, since timm's
+    ResNet runs whatever `conv1` and `maxpool` hold); for ViTs each block's tokens with the class/register
+    tokens in front, (N, L, C), laid out as `features` (before the final norm). A backbone without
+    `forward_intermediates` gives `(features,)`, the last feature map alone.
+    """
+    forward_intermediates = getattr(backbone, "forward_intermediates", None)
+    if forward_intermediates is not None:
+        options = {}
+        if "return_prefix_tokens" in inspect.signature(forward_intermediates).parameters:
+            options = dict(output_fmt="NLC", return_prefix_tokens=True)  # ViT-like: whole token sequences
+        try:
+            features, intermediates = forward_intermediates(pixel_values, indices=None, **options)
+        except NotImplementedError:
+            pass
+        else:
+            hidden_states = tuple(
+                torch.cat([item[1], item[0]], dim=1) if isinstance(item, tuple) else item  # (prefix, patches)
+                for item in intermediates
+            )
+            return features, hidden_states
     features = backbone.forward_features(pixel_values)
-    pooled = backbone.forward_head(features, pre_logits=True)
-    return features, pooled
+    return features, (features,)

@@ -1,6 +1,7 @@
 """Colorization as Hugging Face models: "Colorful Image Colorization" (Zhang, Isola, Efros 2016).
 
 - `ColorizationModel`: the encoder (a timm backbone on the L channel), what downstream code loads.
+- `ColorizationForImageClassification`: the encoder with a linear head, for linear probing or fine-tuning.
 - `ColorizationForPreTraining`: the encoder, a decoder to logits over the 313 ab bins at 1/4 resolution and
   the class-rebalanced cross-entropy against soft-encoded targets.
 
@@ -31,21 +32,9 @@ from .color import (
 )
 from .configuration_colorization import ColorizationConfig
 from .losses_colorization import colorization_cross_entropy
-from .modeling_common import SSLHubPreTrainedModel
+from .modeling_common import EncoderOutput, ImageClassifierMixin, SSLHubPreTrainedModel, encode
 
-
-@dataclass
-class ColorizationModelOutput(ModelOutput):
-    """Output of `ColorizationModel`.
-
-    Args:
-        pooler_output: (N, num_features) pooled backbone embedding, the feature used downstream.
-        last_hidden_state: the backbone's last feature map (N, C, h, w) or tokens (N, L, C); only with
-            `output_hidden_states=True`.
-    """
-
-    pooler_output: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
+ColorizationModelOutput = EncoderOutput  # last_hidden_state, pooler_output, hidden_states (no projection)
 
 
 @dataclass
@@ -152,7 +141,8 @@ class ColorizationModel(ColorizationPreTrainedModel):
 
     def encode_lightness(self, lightness_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone on the network input `(L - 50) / 50` (N, 1, H, W): `(features, pooled)`."""
-        return backbone_features(self.backbone, lightness_input)
+        features, pooled, _ = backbone_features(self.backbone, lightness_input)
+        return features, pooled
 
     def forward(
         self,
@@ -160,19 +150,27 @@ class ColorizationModel(ColorizationPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> ColorizationModelOutput | tuple:
+    ) -> EncoderOutput | tuple:
         """Embed normalized RGB images through their L channel.
 
         Args:
             pixel_values: (N, 3, H, W) images normalized by the model's image processor.
-            output_hidden_states: also return the backbone's last feature map / tokens.
+            output_hidden_states: also return the backbone's intermediate feature maps / tokens.
         """
         lab = self.pixel_values_to_lab(pixel_values)
-        features, pooled = self.encode_lightness(lightness_to_input(lab[:, :1]))
-        output = ColorizationModelOutput(
-            pooler_output=pooled, last_hidden_state=features if output_hidden_states else None
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return encode(self.backbone, None, lightness_to_input(lab[:, :1]), output_hidden_states, return_dict)
+
+
+class ColorizationForImageClassification(ImageClassifierMixin, ColorizationPreTrainedModel):
+    """The colorization encoder with a linear classifier on the pooled embedding (linear probe or fine-tuning).
+
+    Loads the encoder from any colorization folder (`ColorizationModel` or `ColorizationForPreTraining`)
+    with a new classifier; `forward` and the loss of `config.problem_type`: see `ImageClassifierMixin`.
+    """
+
+    def __init__(self, config: ColorizationConfig) -> None:
+        super().__init__(config)
+        self._init_classifier(ColorizationModel(config))
 
 
 class ColorizationForPreTraining(ColorizationPreTrainedModel):
@@ -295,6 +293,7 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
 
 __all__ = [
     "ColorizationDecoder",
+    "ColorizationForImageClassification",
     "ColorizationForPreTraining",
     "ColorizationModel",
     "ColorizationPreTrainedModel",

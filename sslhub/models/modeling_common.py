@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import BitImageProcessor, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutputWithNoAttention
 
 from .backbones import backbone_features, has_fixed_position_embedding, reset_sincos_position_embedding
 from .configuration_common import SSLHubConfig, check_choice
@@ -65,19 +65,21 @@ def output_embedding(output, how: str = "auto") -> torch.Tensor:
 
 
 @dataclass
-class EncoderOutput(ModelOutput):
-    """Output of an sslhub encoder (`MoCoModel`, `StudentModel`).
+class EncoderOutput(BaseModelOutputWithPooling):
+    """Output of an sslhub encoder (`MoCoModel`, `StudentModel`, `ColorizationModel`): transformers'
+    `BaseModelOutputWithPooling`, plus the projection head's output.
 
     Args:
-        pooler_output: (N, num_features) pooled backbone embedding, the feature used downstream.
+        last_hidden_state: the backbone's last feature map (N, C, h, w) or tokens (N, L, C): timm's
+            `forward_features`, which `pooler_output` is pooled from.
+        pooler_output: (N, num_features) pooled embedding, the feature used downstream.
+        hidden_states: with `output_hidden_states=True`, the backbone's intermediate feature maps or tokens,
+            from timm's `forward_intermediates` (see `backbones.backbone_intermediates`).
+        attentions: always None (timm backbones do not return them).
         projection: (N, D) projector output (the embedding the training loss compares), when a projector exists.
-        last_hidden_state: the backbone's last feature map (N, C, h, w) or tokens (N, L, C); only with
-            `output_hidden_states=True`.
     """
 
-    pooler_output: torch.Tensor | None = None
     projection: torch.Tensor | None = None
-    last_hidden_state: torch.Tensor | None = None
 
 
 class EncoderMixin:
@@ -94,7 +96,7 @@ class EncoderMixin:
 
         Args:
             pixel_values: (N, 3, H, W) images normalized by the model's image processor.
-            output_hidden_states: also return the backbone's last feature map / tokens.
+            output_hidden_states: also return the backbone's intermediate feature maps / tokens.
         """
         return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
 
@@ -107,13 +109,54 @@ def encode(
     return_dict: bool | None = None,
 ) -> EncoderOutput | tuple:
     """Run a backbone (and projector) on normalized images: the forward pass every sslhub encoder shares."""
-    features, pooled = backbone_features(backbone, pixel_values)
+    features, pooled, hidden_states = backbone_features(backbone, pixel_values, bool(output_hidden_states))
     output = EncoderOutput(
+        last_hidden_state=features,
         pooler_output=pooled,
+        hidden_states=hidden_states,
         projection=projector(pooled) if projector is not None else None,
-        last_hidden_state=features if output_hidden_states else None,
     )
     return output if return_dict is not False else output.to_tuple()
+
+
+class ImageClassifierMixin:
+    """An sslhub encoder with a linear classifier on its pooled embedding (linear probe or fine-tuning).
+
+    The encoder sits under the family's `base_model_prefix`, so its weights load from any folder of the
+    family (inference or training checkpoint); its projection head is dropped (the classifier reads the
+    pooled embedding, as in the papers' linear evaluation) and the classifier is new. The loss is
+    transformers' for `config.problem_type` (`self.loss_function`, as in `ResNetForImageClassification`):
+    cross-entropy (`single_label_classification`, integer labels (N,)), BCE with logits
+    (`multi_label_classification`, float labels (N, num_labels)) or MSE (`regression`); left unset, it
+    is inferred from `num_labels` and the labels' dtype and written into the config. For a linear probe,
+    freeze the encoder (`model.base_model.requires_grad_(False)`) and keep it in eval mode.
+    """
+
+    def _init_classifier(self, encoder: nn.Module) -> None:
+        """Hold `encoder` under `base_model_prefix` and a linear classifier on its pooled embedding."""
+        if hasattr(encoder, "projector"):
+            encoder.projector = None
+        setattr(self, self.base_model_prefix, encoder)
+        self.num_labels = self.config.num_labels
+        self.classifier = nn.Linear(encoder.num_features, self.config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        """Classify normalized images (N, 3, H, W); with `labels`, also return the loss of `config.problem_type`."""
+        encoded = self.base_model(pixel_values, output_hidden_states=output_hidden_states)
+        logits = self.classifier(encoded.pooler_output)  # (N, num_labels)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        output = ImageClassifierOutputWithNoAttention(
+            loss=loss, logits=logits, hidden_states=encoded.hidden_states
+        )
+        return output if return_dict is not False else output.to_tuple()
 
 
 def image_processor_for(config: SSLHubConfig) -> BitImageProcessor:

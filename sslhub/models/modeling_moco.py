@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone
@@ -20,10 +19,10 @@ from .configuration_moco import MoCoConfig
 from .distributed import gather_without_grad, rank, shuffle_bn
 from .heads import MLPHead, projection_head
 from .losses_contrastive import info_nce_in_batch, info_nce_with_queue
-from .modeling_common import EncoderMixin, EncoderOutput, SSLHubPreTrainedModel
+from .modeling_common import EncoderMixin, EncoderOutput, ImageClassifierMixin, SSLHubPreTrainedModel
 from .momentum import enqueue, momentum_update, random_queue
 
-MoCoModelOutput = EncoderOutput  # pooler_output, projection, last_hidden_state
+MoCoModelOutput = EncoderOutput  # last_hidden_state, pooler_output, hidden_states, projection
 
 
 @dataclass
@@ -42,15 +41,6 @@ class MoCoForPreTrainingOutput(ModelOutput):
     logits: torch.Tensor | None = None
     query_embeddings: torch.Tensor | None = None
     key_embeddings: torch.Tensor | None = None
-
-
-@dataclass
-class MoCoImageClassifierOutput(ModelOutput):
-    """Output of `MoCoForImageClassification`: `loss` (with `labels`), `logits` (N, num_labels), `pooler_output`."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
 
 
 class MoCoPreTrainedModel(SSLHubPreTrainedModel):
@@ -226,13 +216,11 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
-class MoCoForImageClassification(MoCoPreTrainedModel):
-    """MoCo encoder with a linear classifier on the pooled embedding (linear probe or fine-tuning).
+class MoCoForImageClassification(ImageClassifierMixin, MoCoPreTrainedModel):
+    """The MoCo query encoder with a linear classifier on the pooled embedding (linear probe or fine-tuning).
 
-    Loads the encoder from any MoCo checkpoint (`MoCoModel` or `MoCoForPreTraining`); the classifier
-    is new, and the projection head is dropped (the classifier reads the pooled embedding, as in the
-    papers' linear evaluation). For a linear probe, freeze the encoder
-    (`model.query_encoder.requires_grad_(False)`) and keep it in eval mode.
+    Loads the encoder from any MoCo folder (`MoCoModel` or `MoCoForPreTraining`) with a new classifier;
+    `forward` and the loss of `config.problem_type`: see `ImageClassifierMixin`.
     """
 
     _keys_to_ignore_on_load_unexpected = [
@@ -242,25 +230,7 @@ class MoCoForImageClassification(MoCoPreTrainedModel):
 
     def __init__(self, config: MoCoConfig) -> None:
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.query_encoder = MoCoModel(config)
-        self.query_encoder.projector = None
-        self.classifier = nn.Linear(self.query_encoder.num_features, config.num_labels)
-        self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> MoCoImageClassifierOutput | tuple:
-        """Classify images; with `labels` (N,), also return the cross-entropy loss."""
-        pooled = self.query_encoder(pixel_values).pooler_output
-        logits = self.classifier(pooled)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        output = MoCoImageClassifierOutput(loss=loss, logits=logits, pooler_output=pooled)
-        return output if return_dict is not False else output.to_tuple()
+        self._init_classifier(MoCoModel(config))
 
 
 __all__ = ["MoCoForImageClassification", "MoCoForPreTraining", "MoCoModel", "MoCoPreTrainedModel"]

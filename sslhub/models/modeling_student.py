@@ -1,6 +1,7 @@
 """Self-supervised distillation as Hugging Face models: a small student learns from a large frozen teacher.
 
 - `StudentModel`: the student encoder (backbone + projector), what downstream code loads.
+- `StudentForImageClassification`: the student encoder with a linear head, for linear probing or fine-tuning.
 - `StudentForDistillation(config, teacher=...)`: the student, the distillation loss (Hinton KD, regression,
   SEED, CompRess 1q/2q, k-means cluster cross-entropy) and its queues. The teacher is held outside the
   module tree: it is never saved, never trained and never in `parameters()`.
@@ -29,7 +30,14 @@ from .losses_distillation import (
     knowledge_distillation_kl,
     seed_cross_entropy,
 )
-from .modeling_common import EMBEDDINGS, EncoderMixin, EncoderOutput, SSLHubPreTrainedModel, output_embedding
+from .modeling_common import (
+    EMBEDDINGS,
+    EncoderMixin,
+    EncoderOutput,
+    ImageClassifierMixin,
+    SSLHubPreTrainedModel,
+    output_embedding,
+)
 from .momentum import enqueue, random_queue
 
 # State of `StudentForDistillation` outside the student encoder (queues, cluster head, target BN).
@@ -96,7 +104,7 @@ class TeacherAdapter(nn.Module):
         return output_embedding(self.model(pixel_values), self.output)
 
 
-StudentModelOutput = EncoderOutput  # pooler_output, projection (matched to the teacher), last_hidden_state
+StudentModelOutput = EncoderOutput  # its projection has the teacher's width
 
 
 @dataclass
@@ -148,6 +156,20 @@ class StudentModel(EncoderMixin, StudentPreTrainedModel):
         )
         self.embedding_dim = config.teacher_dim if self.projector is not None else self.num_features
         self.post_init()
+
+
+class StudentForImageClassification(ImageClassifierMixin, StudentPreTrainedModel):
+    """The student encoder with a linear classifier on the pooled embedding (linear probe or fine-tuning).
+
+    Loads the encoder from any student folder (`StudentModel` or `StudentForDistillation`) with a new
+    classifier; `forward` and the loss of `config.problem_type`: see `ImageClassifierMixin`.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [*_LOSS_STATE_KEYS, r"projector\."]
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__(config)
+        self._init_classifier(StudentModel(config))
 
 
 class StudentForDistillation(StudentPreTrainedModel):
@@ -352,6 +374,7 @@ class StudentForDistillation(StudentPreTrainedModel):
 
 __all__ = [
     "StudentForDistillation",
+    "StudentForImageClassification",
     "StudentModel",
     "StudentPreTrainedModel",
     "TeacherAdapter",

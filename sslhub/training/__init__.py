@@ -27,7 +27,17 @@ from .loader import (
     set_loader_epoch,
 )
 from .monitor import KNNMonitor
-from .optim import LARS, cosine_lr, create_optimizer, learning_rate_at, scaled_lr, set_lr, step_lr
+from .optim import (
+    LARS,
+    cosine_lr,
+    create_finetune_optimizer,
+    create_optimizer,
+    finetune_param_groups,
+    learning_rate_at,
+    scaled_lr,
+    set_lr,
+    step_lr,
+)
 from .teacher import Renormalize, check_teacher, load_teacher, renormalize_for_teacher
 from .tracking import LossWatch, NonFiniteLossError, RunLogger, StepTimes, Throughput, peak_memory_mb
 
@@ -55,7 +65,9 @@ __all__ = [
     "command_line",
     "cosine_lr",
     "create_accelerator",
+    "create_finetune_optimizer",
     "create_optimizer",
+    "finetune_param_groups",
     "learning_rate_at",
     "list_checkpoints",
     "micro_batches",

@@ -12,6 +12,42 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 
 from .precision import PrecisionChoice, describe, resolve_precision
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio", "aim", "comet_ml")
+DEFAULT_TRACKERS = ("tensorboard", "trackio")  # the ones that log to local files without an account
+
+
+def installed_trackers() -> list[str]:
+    """The trackers of `TRACKERS` whose package is installed (as Accelerate checks it)."""
+    import accelerate.utils as checks
+
+    return [name for name in TRACKERS if getattr(checks, f"is_{name}_available")()]
+
+
+def resolve_report_to(report_to: str | None) -> list[str]:
+    """The trackers a run logs to, as transformers' `report_to`: names separated by commas, `all` (every
+    installed one), `none`, or unset (the installed ones among tensorboard and trackio).
+
+    Raises:
+        ValueError: for an unknown name, or a tracker that is not installed (naming what to install).
+    """
+    installed = installed_trackers()
+    if report_to is None:
+        return [name for name in DEFAULT_TRACKERS if name in installed]
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    if names in (["none"], []):
+        return []
+    if names == ["all"]:
+        return installed
+    for name in names:
+        if name not in TRACKERS:
+            raise ValueError(
+                f"report_to: unknown tracker {name!r}; choose among {list(TRACKERS)}, all or none"
+            )
+        if name not in installed:
+            extra = "pip install 'sslhub[tensorboard]'" if name == "tensorboard" else f"pip install {name}"
+            raise ValueError(f"report_to: {name} is not installed ({extra}), or leave it out")
+    return names
+
 
 def launch_device() -> torch.device:
     """The device this process will train on, as Accelerate picks it, known before the Accelerator exists
@@ -28,8 +64,8 @@ def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator
     The precision is decided from the device (`sslhub.training.precision`), printed with its reason, and
     kept as `accelerator.precision` (a `PrecisionChoice`) for the run's metrics. Samplers are seedable (the
     data order is a function of seed and epoch, needed for exact resume), DDP does not broadcast buffers
-    every step (MoCo's queue is kept identical by construction), and TensorBoard logs go to
-    `output_dir/logs`.
+    every step (MoCo's queue is kept identical by construction), and the run logs to the trackers of
+    `args.report_to` (TensorBoard files go to `output_dir/logs`).
     """
     try:
         precision = resolve_precision(args.mixed_precision, launch_device())
@@ -40,7 +76,7 @@ def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=ddp_broadcast_buffers)],
-        log_with="tensorboard",
+        log_with=resolve_report_to(args.report_to) or None,
         project_dir=str(Path(args.output_dir) / "logs"),
     )
     accelerator.precision = precision
@@ -53,4 +89,11 @@ def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator
     return accelerator
 
 
-__all__ = ["PrecisionChoice", "create_accelerator", "launch_device"]
+__all__ = [
+    "TRACKERS",
+    "PrecisionChoice",
+    "create_accelerator",
+    "installed_trackers",
+    "launch_device",
+    "resolve_report_to",
+]

@@ -49,6 +49,9 @@ class TrainingArguments:
     """
 
     model_config: ClassVar[type | None] = None  # the config class of the `model` section
+    renamed_settings: ClassVar[
+        dict[str, str]
+    ] = {}  # an old name -> its new name (still read, with a warning)
     model_fields_set_by_recipe: ClassVar[tuple[str, ...]] = ()  # config fields the recipe fills itself
     legacy_model_names: ClassVar[dict[str, str]] = {}  # old flat spelling -> model field
 
@@ -118,6 +121,11 @@ class TrainingArguments:
     save_total_limit: int | None = setting(2, "checkpoints kept (older ones are removed)")
     resume: str | None = setting(None, "a checkpoint folder, or 'latest' in output_dir")
     log_steps: int = setting(10, "log the loss every N optimizer steps")
+    report_to: str | None = setting(
+        None,
+        "trackers, comma-separated: tensorboard, wandb, mlflow, trackio, aim, comet_ml; all; none; unset: the "
+        "installed ones among tensorboard and trackio",
+    )
     push_to_hub: bool = setting(False, "push the final model to the Hub")
     hub_model_id: str | None = setting(None, "Hub repo id of the pushed model (default: the run's name)")
     # the model
@@ -167,6 +175,9 @@ class TrainingArguments:
             raise ValueError(
                 "batched_augmentation needs a map-style dataset: drop streaming or batched_augmentation"
             )
+        from .accelerator import resolve_report_to
+
+        resolve_report_to(self.report_to)  # unknown or missing trackers fail here, before any work
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume={self.resume!r} is not a checkpoint folder; pass one, or 'latest'")
 
@@ -367,6 +378,10 @@ def _flag_name(token: str) -> str | None:
     return token[2:].partition("=")[0].replace("-", "_")
 
 
+def _warn_renamed(old: str, new: str) -> None:
+    print(f"warning: the setting {old} is now called {new}", file=sys.stderr)
+
+
 def _warn_flat(name: str, model_name: str) -> None:
     print(
         f"warning: {name} is a model setting: write --model.{model_name} on the command line, "
@@ -433,7 +448,11 @@ def parse_args(cls: type, argv: list[str] | None = None):
             raise SystemExit(f"error: {config_file} must hold a mapping of settings")
         if has_section:
             model.update(section.check(loaded.pop(MODEL_SECTION, None) or {}, config_file))
+        renamed = getattr(cls, "renamed_settings", {})
         for name, value in loaded.items():
+            if name in renamed:
+                _warn_renamed(name, renamed[name])
+                name = renamed[name]
             flat = section.flat_name(name)
             if flat is not None:
                 _warn_flat(name, flat)
@@ -447,6 +466,13 @@ def parse_args(cls: type, argv: list[str] | None = None):
                     defaults[name] = _convert(name, value, hints[name])
                 except ValueError as error:
                     raise SystemExit(f"error: {error} ({config_file})") from None
+
+    renamed = getattr(cls, "renamed_settings", {})
+    for position, token in enumerate(rest):
+        old = _flag_name(token)
+        if old in renamed:
+            _warn_renamed(old, renamed[old])
+            rest[position] = token.replace(token[2:].partition("=")[0], renamed[old], 1)
 
     # Flat spellings of model settings on the command line move to the model section.
     remaining: list[str] = []

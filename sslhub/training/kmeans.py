@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -41,6 +42,82 @@ def assign_clusters(
     return torch.cat(labels), torch.cat(distances)
 
 
+def _weighted_kmeans_plus_plus(
+    candidates: torch.Tensor, weights: torch.Tensor, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy variant sklearn uses) on a small weighted
+    candidate set: each new centre is the best of `2 + log k` draws proportional to weight x squared
+    distance, the one that lowers the weighted potential most. Returns k rows of `candidates`."""
+    trials = 2 + int(math.log(k))
+    weights = weights.double()
+    squared = torch.cdist(candidates.double(), candidates.double()).pow(2)  # (M, M)
+    chosen = [int(torch.multinomial(weights, 1, generator=generator))]
+    nearest = squared[chosen[0]]  # (M,)
+    for _ in range(1, k):
+        score = weights * nearest
+        if score.sum() <= 0:  # fewer distinct candidates than clusters: any will do
+            score = torch.ones_like(score)
+        draws = torch.multinomial(score, trials, replacement=True, generator=generator)  # (trials,)
+        potentials = (weights * torch.minimum(nearest, squared[draws])).sum(dim=1)  # (trials,)
+        best = int(draws[potentials.argmin()])
+        chosen.append(best)
+        nearest = torch.minimum(nearest, squared[best])
+    return candidates[chosen]
+
+
+def kmeans_parallel_init(
+    x: torch.Tensor, k: int, generator: torch.Generator, rounds: int = 5, chunk_size: int = 16384
+) -> torch.Tensor:
+    """k-means|| (Bahmani et al. 2012): k-means++-quality starting centres in `rounds` passes over the data
+    instead of k.
+
+    Each round samples every point with probability `min(1, 2k d^2(x) / sum d^2)`, `d` the distance to the
+    nearest candidate so far; the candidates, weighted by how many points are nearest to each, are then
+    reduced to k centres by k-means++.
+    """
+    num_points = x.shape[0]
+    candidates = x[torch.randint(num_points, (1,), generator=generator)]
+    nearest = torch.cat(list(_squared_distances(x, candidates, chunk_size)))[:, 0]  # (N,)
+    for _ in range(rounds):
+        total = nearest.sum()
+        if total <= 0:
+            break
+        probability = (2 * k * nearest / total).clamp(max=1).cpu()
+        picked = (torch.rand(num_points, generator=generator) < probability).nonzero().flatten()
+        if len(picked) == 0:
+            continue
+        new = x[picked.to(x.device)]
+        candidates = torch.cat([candidates, new])
+        distances = torch.cat(list(_squared_distances(x, new, chunk_size))).min(dim=1).values
+        nearest = torch.minimum(nearest, distances)
+    if len(candidates) < k:  # too few candidates (duplicates): top up with random points
+        extra = torch.randperm(num_points, generator=generator)[: k - len(candidates)]
+        candidates = torch.cat([candidates, x[extra.to(x.device)]])
+    owner, _ = assign_clusters(x, candidates, chunk_size)
+    weights = torch.bincount(owner, minlength=len(candidates)).float().cpu()
+    return _weighted_kmeans_plus_plus(candidates.cpu(), weights, k, generator).to(x)
+
+
+def _faiss_kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
+    import faiss
+
+    data = x.detach().float().cpu().contiguous().numpy()
+    clustering = faiss.Kmeans(
+        data.shape[1], k, niter=max(iters, 1), seed=seed, verbose=False, max_points_per_centroid=100000
+    )
+    clustering.train(data)
+    return torch.from_numpy(clustering.centroids).to(x)
+
+
+def faiss_available() -> bool:
+    """Whether the optional faiss backend is installed (`pip install 'sslhub[faiss]'`)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @torch.no_grad()
 def kmeans(
     features: torch.Tensor,
@@ -48,47 +125,44 @@ def kmeans(
     iters: int = 50,
     seed: int = 0,
     chunk_size: int = 16384,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means (Lloyd's algorithm) with k-means++ initialization (Arthur & Vassilvitskii 2007), in torch.
+    """k-means: the (k, D) centres and (N,) cluster of every vector, minimizing squared Euclidean distances.
 
-    Minimizes the sum of squared Euclidean distances of the vectors to their cluster centre. A cluster
-    that loses all its members is re-seeded with the vector farthest from its own centre. For cosine
-    clustering of embeddings, L2-normalize `features` first.
+    Backends: `"faiss"` (`faiss.Kmeans`, the optional extra `sslhub[faiss]`: fast on millions of vectors),
+    `"torch"` (k-means|| initialization, then Lloyd's iterations in chunks on the features' device; a
+    cluster that loses all its members is re-seeded with the vector farthest from its centre), or
+    `"auto"`: faiss when installed, else torch. For cosine clustering of embeddings, L2-normalize first.
 
     Args:
         features: (N, D) vectors, on any device.
         num_clusters: k, at most N.
-        iters: maximum number of Lloyd iterations; stops earlier once no assignment changes.
-        seed: seed of the k-means++ sampling (results are reproducible for a given seed and device).
-        chunk_size: rows per distance block, bounding memory to `chunk_size x k`.
+        iters: maximum number of Lloyd iterations; torch stops earlier once no assignment changes.
+        seed: seed of the initialization (results are reproducible for a given seed, backend and device).
+        chunk_size: rows per distance block (torch), bounding memory to `chunk_size x k`.
+        backend: `"auto"`, `"faiss"` or `"torch"`.
 
     Returns:
-        `(centroids, labels)`: (k, D) centres and (N,) long cluster index of every vector.
+        `(centroids, labels)`, the labels consistent with the returned centres.
     """
     num_points = features.shape[0]
     if not 1 <= num_clusters <= num_points:
         raise ValueError(
             f"num_clusters must be in [1, {num_points}] (the number of vectors), got {num_clusters}"
         )
+    if backend not in ("auto", "faiss", "torch"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    if backend == "faiss" and not faiss_available():
+        raise ImportError("backend='faiss' needs faiss: pip install 'sslhub[faiss]'")
     dtype = torch.promote_types(features.dtype, torch.float32)
     x = features.to(dtype)
+    if backend == "faiss" or (backend == "auto" and faiss_available()):
+        centroids = _faiss_kmeans(x, num_clusters, iters, seed)
+        labels, _ = assign_clusters(x, centroids, chunk_size)
+        return centroids, labels
+
     generator = torch.Generator(device="cpu").manual_seed(seed)
-
-    # k-means++: each new centre is drawn with probability proportional to the squared distance to the
-    # nearest centre chosen so far.
-    first = int(torch.randint(num_points, (1,), generator=generator))
-    centroids = x.new_empty(num_clusters, x.shape[1])
-    centroids[0] = x[first]
-    nearest = torch.cat(list(_squared_distances(x, centroids[:1], chunk_size)))[:, 0]  # (N,)
-    for index in range(1, num_clusters):
-        weights = nearest.double().cpu()
-        if weights.sum() <= 0:  # fewer distinct points than clusters: any point will do
-            weights = torch.ones_like(weights)
-        choice = int(torch.multinomial(weights, 1, generator=generator))
-        centroids[index] = x[choice]
-        new = torch.cat(list(_squared_distances(x, centroids[index : index + 1], chunk_size)))[:, 0]
-        nearest = torch.minimum(nearest, new)
-
+    centroids = kmeans_parallel_init(x, num_clusters, generator, chunk_size=chunk_size)
     labels = None
     for _ in range(max(iters, 1)):
         new_labels, distances = assign_clusters(x, centroids, chunk_size)

@@ -32,22 +32,25 @@ def pretraining_loader(
     mean,
     std,
     min_scale: float | None = None,
+    dataset=None,
 ) -> DataLoader:
-    """The DataLoader of a pre-training run, prepared by (and sharded across) the Accelerator.
+    """The DataLoader of a training run, prepared by (and sharded across) the Accelerator.
 
     `augmentation` is a MoCo preset (`"v1"`, `"v2"`, `"v3"`: two views per image) or `"crop_flip"`
     (one geometry-only view, `pixel_values`, for colorization). With `args.batched_augmentation` the
     loader gives equal-sized uint8 images, left on the CPU (pinned for a GPU), and `TwoViews` moves them
-    to the training device without waiting and makes the views there.
+    to the training device without waiting and makes the views there. A `dataset` already loaded (e.g. a
+    labelled subset) is used instead of `args.dataset`.
     """
-    with accelerator.main_process_first():  # the first process prepares the dataset cache
-        dataset = load_image_dataset(
-            args.dataset,
-            args.split,
-            image_column=args.image_column,
-            label_column=args.label_column,
-            streaming=args.streaming,
-        )
+    if dataset is None:
+        with accelerator.main_process_first():  # the first process prepares the dataset cache
+            dataset = load_image_dataset(
+                args.dataset,
+                args.split,
+                image_column=args.image_column,
+                label_column=args.label_column,
+                streaming=args.streaming,
+            )
     if args.batched_augmentation:
         if args.streaming or augmentation not in ("v1", "v2", "v3"):
             raise SystemExit(

@@ -124,6 +124,47 @@ def create_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {args.optimizer!r}")
 
 
+def timm_backbone(model: nn.Module) -> nn.Module | None:
+    """The timm model inside `model` (the first module with timm's `group_matcher`), or None."""
+    return next((module for module in model.modules() if hasattr(module, "group_matcher")), None)
+
+
+def finetune_param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None
+) -> list[dict]:
+    """Parameter groups of fine-tuning, built by timm: no weight decay on one-dimensional parameters and on
+    what the backbone names in `no_weight_decay()` (a ViT's position embedding and class token), and with
+    `layer_decay` the learning rate of backbone layer l of L scaled by `layer_decay ** (L - l)` (BEiT, MAE,
+    MoCo v3's fine-tuning). Everything outside the timm backbone (the new head) is the top layer.
+    """
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    backbone = timm_backbone(model)
+    groups: list[dict] = []
+    if backbone is not None:
+        skip = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else ()
+        if layer_decay:
+            groups = param_groups_layer_decay(backbone, weight_decay, skip, layer_decay=layer_decay)
+        else:
+            groups = param_groups_weight_decay(backbone, weight_decay, skip)
+    elif layer_decay:
+        raise ValueError("layer_decay needs a timm backbone (sslhub and timm models); this model has none")
+    inside = {id(p) for group in groups for p in group["params"]}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in inside]
+    groups += [
+        {"params": [p for p in rest if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def create_finetune_optimizer(model: nn.Module, args) -> torch.optim.Optimizer:
+    """AdamW over `finetune_param_groups` (`args.weight_decay`, `args.layer_decay`), fused where possible."""
+    groups = finetune_param_groups(model, args.weight_decay, getattr(args, "layer_decay", None))
+    fused = fused_kernels_available([p for group in groups for p in group["params"]])
+    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay, fused=fused)
+
+
 def fused_kernels_available(parameters: list[torch.Tensor]) -> bool | None:
     """Whether torch has fused SGD/AdamW kernels for every parameter's device and dtype.
 
@@ -174,9 +215,9 @@ def learning_rate_at(step: int, total_steps: int, base_lr: float, warmup_steps: 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group, times the group's `lr_scale` (layer-wise decay)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def scaled_lr(args, num_processes: int) -> float:
