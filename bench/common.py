@@ -166,6 +166,18 @@ def build_one(library: str, s: Setting, device: torch.device, seed: int = 0) -> 
     return model.train()
 
 
+def build_sslhub(
+    s: Setting, device: torch.device, shuffle_bn_splits: int = 1, compile: bool = False
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """sslhub's model of a setting alone, with its optimizer: with `shuffle_bn_splits` > 1 the preset's
+    one-process shuffle-BN (BatchNorm sub-batches of the key batch), with `compile` compiled in place."""
+    model = build_one("sslhub", s, device)
+    model.config.shuffle_bn_splits = shuffle_bn_splits  # read at each forward; the batch must divide it
+    if compile:
+        model.compile()
+    return model, make_optimizer(model, s)
+
+
 def make_optimizer(model: nn.Module, s: Setting) -> torch.optim.Optimizer:
     """The same SGD for both libraries (momentum 0.9, weight decay on every parameter, as MoCo v2).
 

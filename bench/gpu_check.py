@@ -35,19 +35,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+import step_breakdown  # noqa: E402
 from bench_moco import count_step_flops, step_throughput  # noqa: E402
 from cifar10_split import CIFAR10  # noqa: E402
 from common import (  # noqa: E402
     CIFAR_MEAN,
     CIFAR_STD,
     Setting,
-    build_one,
+    build_sslhub,
     machine_info,
     make_inputs,
-    make_optimizer,
     matmul_flops_per_second,
     synchronize,
     timed,
+    train_step,
 )
 
 
@@ -69,12 +70,19 @@ DRY_RUN = Setting(
 )
 
 
-def resnet50(args) -> Setting:
-    if args.dry_run:
-        return DRY_RUN
-    return Setting(
+# The full run's models: ResNet-50 at 224 for the throughput, ResNet-18 with the CIFAR stem for the run.
+SETTINGS = {
+    "resnet50-224": Setting(
         "resnet50-224", "resnet50", False, 224, 128, queue_size=65536, precision="bf16", channels_last=True
-    )
+    ),
+    "resnet18-32": Setting(
+        "resnet18-32", "resnet18", True, 32, 512, queue_size=4096, precision="bf16", channels_last=True
+    ),
+}
+
+
+def setting(args, name: str) -> Setting:
+    return DRY_RUN if args.dry_run else SETTINGS[name]
 
 
 def throughput(args, results: dict) -> None:
@@ -82,7 +90,7 @@ def throughput(args, results: dict) -> None:
     import dataclasses
     import importlib.util
 
-    s = resnet50(args)
+    s = setting(args, "resnet50-224")
     timing = SimpleNamespace(
         device=args.device, warmup=2 if args.dry_run else 5, repeats=3, steps=2 if args.dry_run else 10
     )
@@ -123,19 +131,11 @@ def throughput(args, results: dict) -> None:
 def sslhub_variant(args, s: Setting, timing, shuffle_bn_splits: int = 1, compile: bool = False) -> dict:
     """img/s of sslhub's step alone (best of the repeats), with the preset's shuffle-BN or compiled."""
     torch.manual_seed(0)
-    model = build_one("sslhub", s, args.device)
-    model.config.shuffle_bn_splits = shuffle_bn_splits  # read at each forward
-    if compile:
-        model.compile()
-    optimizer = make_optimizer(model, s)
+    model, optimizer = build_sslhub(s, args.device, shuffle_bn_splits, compile)
     x1, x2 = make_inputs(s, args.device)
 
     def step():
-        with torch.autocast(args.device.type, torch.bfloat16):
-            loss = model(x1, x2).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step("sslhub", model, optimizer, x1, x2, s, args.device)
 
     warmup = timed(step, args.device, timing.warmup)
     seconds = min(timed(step, args.device, timing.steps) for _ in range(timing.repeats))
@@ -146,25 +146,16 @@ def host_syncs(args, results: dict) -> None:
     """Synchronizing CUDA calls in sslhub's step and in the batched augmentation (CUDA only)."""
     from sslhub.data import BatchedTwoViewAugmentation
 
-    s = resnet50(args)
-    ours = build_one("sslhub", s, args.device)
-    ours.config.shuffle_bn_splits = 8 if s.batch_size >= 16 else 2  # the preset's one-process shuffle-BN
-    optimizer = make_optimizer(ours, s)
+    s = setting(args, "resnet50-224")
+    ours, optimizer = build_sslhub(s, args.device, 8 if s.batch_size >= 16 else 2)  # the preset's shuffle-BN
     x1, x2 = make_inputs(s, args.device)
     augment = BatchedTwoViewAugmentation("v2", s.image_size, CIFAR_MEAN, CIFAR_STD)
-    images = torch.randint(
-        0, 256, (s.batch_size, 3, s.image_size + 32, s.image_size + 32), device=args.device
-    )
-    images = images.to(torch.uint8)
+    size = s.image_size + 32
+    images = torch.randint(0, 256, (s.batch_size, 3, size, size), device=args.device).to(torch.uint8)
     generator = torch.Generator(args.device).manual_seed(0)
-    for _ in range(2):  # warm-up: first calls may sync (allocations, cuDNN benchmark)
+    for _ in range(2):  # warm-up: first calls may sync (allocations, cuDNN's choices)
         augment(images, generator)
-        ours.update_key_encoder()
-        with torch.autocast(args.device.type, torch.bfloat16):
-            loss = ours(x1, x2, update_key_encoder=False).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step("sslhub", ours, optimizer, x1, x2, s, args.device)
     synchronize(args.device)
     found = {}
     for part in ("augmentation", "step"):
@@ -175,13 +166,8 @@ def host_syncs(args, results: dict) -> None:
             try:
                 if part == "augmentation":
                     augment(images, generator)
-                else:
-                    ours.update_key_encoder()
-                    with torch.autocast(args.device.type, torch.bfloat16):
-                        loss = ours(x1, x2, update_key_encoder=False).loss
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                else:  # momentum update, shuffle-BN, loss, enqueue, backward, SGD
+                    train_step("sslhub", ours, optimizer, x1, x2, s, args.device)
             finally:
                 if args.device.type == "cuda":
                     torch.cuda.set_sync_debug_mode("default")
@@ -194,7 +180,6 @@ def host_syncs(args, results: dict) -> None:
 def augmentation(args, results: dict) -> None:
     """Batched MoCo v2 views on the device, and the training loop with views made ahead or in turn."""
     from sslhub.data import BatchedTwoViewAugmentation
-    from sslhub.training import MicroBatch, TwoViews, ViewsAhead
 
     size, batch = (32, 8) if args.dry_run else (224, 256)
     augment = BatchedTwoViewAugmentation("v2", size, CIFAR_MEAN, CIFAR_STD)
@@ -210,63 +195,21 @@ def augmentation(args, results: dict) -> None:
     }
     print(f"[augmentation] {results['augmentation']}", flush=True)
 
-    # The loop at the 2-minute run's setting: a small model, where the views cost most.
-    s = cifar_setting(args)
-    ours = build_one("sslhub", s, args.device)
-    optimizer = make_optimizer(ours, s)
-    host_images = torch.randint(0, 256, (s.batch_size, 3, 32, 32)).to(torch.uint8)
-    if args.device.type == "cuda":
-        host_images = host_images.pin_memory()
-    views = TwoViews(
-        SimpleNamespace(batched_augmentation=True, channels_last=True),
-        "v2",
-        32,
-        CIFAR_MEAN,
-        CIFAR_STD,
-        device=args.device,
-    )
-    accelerator = SimpleNamespace(device=args.device, num_processes=1, process_index=0)
-    steps = 3 if args.dry_run else 50
-
-    def loop(ahead: bool) -> None:
-        micro_batches = (
-            MicroBatch({"pixel_values": host_images}, 0, i, True, True, epoch_end=i == steps - 1)
-            for i in range(steps)
-        )
-        for _, query, key in ViewsAhead(views, accelerator, 0, ahead=ahead)(micro_batches):
-            with torch.autocast(args.device.type, torch.bfloat16):
-                loss = ours(query, key).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    rates = {}
-    for repeat in range(3):
-        for ahead in (False, True) if repeat % 2 == 0 else (True, False):
-            seconds = timed(lambda a=ahead: loop(a), args.device)
-            if repeat:  # the first round warms up
-                rates.setdefault("ahead" if ahead else "in_turn", []).append(s.batch_size * steps / seconds)
-    results["views_ahead"] = {"setting": s.label, "images_per_second": {k: max(v) for k, v in rates.items()}}
-    print(f"[views ahead] {results['views_ahead']}", flush=True)
-
-
-def cifar_setting(args) -> Setting:
-    if args.dry_run:
-        return DRY_RUN
-    return Setting(
-        "resnet18-32", "resnet18", True, 32, 512, queue_size=4096, precision="bf16", channels_last=True
-    )
+    # The loop at the 2-minute run's setting, a small model, where the views cost most (preset shuffle-BN).
+    loop = SimpleNamespace(device=args.device, repeats=3, steps=3 if args.dry_run else 50)
+    rows = step_breakdown.views_ahead(loop, setting(args, "resnet18-32"))
+    results["views_ahead"] = {"setting": setting(args, "resnet18-32").label, **rows}
 
 
 def moco_run(args, results: dict) -> None:
     """A short MoCo v2 run of the recipe with kNN before and after; its length fits the time left."""
-    s = cifar_setting(args)
+    s = setting(args, "resnet18-32")
     data = "sample"
     if CIFAR10.exists() and not args.dry_run:
         from cifar10_split import split_cifar10
 
         data = str(split_cifar10(HERE / ".cache" / "cifar10_split"))  # 40,000 training / 10,000 held-out
-    rate = results.get("views_ahead", {}).get("images_per_second", {}).get("in_turn", 0.0)
+    rate = results.get("views_ahead", {}).get("views in turn", {}).get("images_per_second", 0.0)
     seconds = (
         5
         if args.dry_run

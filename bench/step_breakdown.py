@@ -38,53 +38,36 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from cifar10_split import split_cifar10  # noqa: E402
-from common import CIFAR_MEAN, CIFAR_STD, describe_machine, machine_info, synchronize  # noqa: E402
+from common import (  # noqa: E402
+    CIFAR_MEAN,
+    CIFAR_STD,
+    Setting,
+    build_sslhub,
+    describe_machine,
+    machine_info,
+    make_inputs,
+    synchronize,
+    train_step,
+)
 
 import sslhub.models.distributed as distributed  # noqa: E402
-from sslhub import MoCoConfig, MoCoForPreTraining  # noqa: E402
 
 
-def build(args, splits: int, compiled: bool = False):
-    torch.manual_seed(0)
-    config = MoCoConfig.v2(
-        backbone="test_resnet",
-        image_size=32,
+def setting(args) -> Setting:
+    """The protocol's model: timm `test_resnet` at 32x32, projector 512 -> 128, fused SGD, channels_last."""
+    return Setting(
+        "test_resnet-32",
+        "test_resnet",
+        False,
+        32,
+        args.batch_size,
         queue_size=args.queue_size,
-        momentum=0.99,
-        temperature=0.2,
-        projector_hidden_size=512,
-        shuffle_bn_splits=splits,
-    )
-    model = MoCoForPreTraining(config).to(memory_format=torch.channels_last).to(args.device).train()
-    if compiled:
-        model.compile()
-    fused = args.device.type in ("cpu", "cuda")
-    optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
         lr=0.03,
-        momentum=0.9,
         weight_decay=5e-4,
-        fused=fused,
-    )
-    return model, optimizer
-
-
-def train_step(model, optimizer, query, key, precision: str) -> None:
-    """The recipe's step: momentum update, forward (keys, loss, enqueue), backward, SGD."""
-    model.update_key_encoder()
-    with torch.autocast(query.device.type, torch.bfloat16, enabled=precision == "bf16"):
-        output = model(query, key, update_key_encoder=False, enqueue_keys=True)
-    output.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def inputs(args, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    shape = (args.batch_size, 3, 32, 32)
-    return tuple(
-        torch.randn(shape, generator=generator).to(args.device).contiguous(memory_format=torch.channels_last)
-        for _ in range(2)
+        precision=args.precision,
+        channels_last=True,
+        sgd="fused" if args.device.type in ("cpu", "cuda") else "default",
+        projector_hidden=512,
     )
 
 
@@ -129,20 +112,22 @@ def measure(runs: dict, args, steps: int, cpu_time: bool = True) -> dict:
 
 def step_variants(args) -> dict:
     """Equal-settings shuffle-BN, 8 sub-batches chunked / in one forward, and compiled."""
-    query, key = inputs(args)
+    s = setting(args)
+    query, key = make_inputs(s, args.device)
     variants = {
-        "shuffle_bn_splits=1": (build(args, 1), True),
-        "splits=8, 8 key forwards (before)": (build(args, 8), False),
-        "splits=8, one forward (split_batch_norm)": (build(args, 8), True),
+        "shuffle_bn_splits=1": (build_sslhub(s, args.device, 1), True),
+        "splits=8, 8 key forwards (before)": (build_sslhub(s, args.device, 8), False),
+        "splits=8, one forward (split_batch_norm)": (build_sslhub(s, args.device, 8), True),
     }
     if args.compile:
-        variants["splits=8, one forward, torch.compile"] = (build(args, 8, compiled=True), True)
+        compiled = build_sslhub(s, args.device, 8, compile=True)
+        variants["splits=8, one forward, torch.compile"] = (compiled, True)
     splittable = distributed.can_split_batch_norm
 
     def run(model, optimizer, one_forward):
         distributed.can_split_batch_norm = splittable if one_forward else (lambda module: False)
         try:
-            train_step(model, optimizer, query, key, args.precision)
+            train_step("sslhub", model, optimizer, query, key, s, args.device)
         finally:
             distributed.can_split_batch_norm = splittable
 
@@ -160,21 +145,22 @@ def step_variants(args) -> dict:
     return rows
 
 
-def views_ahead(args) -> dict:
-    """The loop over uint8 batches: views made in turn vs ahead, the step as above."""
+def views_ahead(args, s: Setting, splits: int = 8) -> dict:
+    """The loop over uint8 CPU batches (pinned for a GPU) of setting `s`: views made in turn vs ahead, the
+    step as above (`args`: device, repeats, steps)."""
     from types import SimpleNamespace
 
     from sslhub.training import MicroBatch, TwoViews, ViewsAhead
 
     generator = torch.Generator().manual_seed(0)
-    images = [
-        torch.randint(0, 256, (args.batch_size, 3, 32, 32), generator=generator).to(torch.uint8)
-        for _ in range(4)
-    ]
+    shape = (s.batch_size, 3, s.image_size, s.image_size)
+    images = [torch.randint(0, 256, shape, generator=generator).to(torch.uint8) for _ in range(4)]
+    if args.device.type == "cuda":
+        images = [image.pin_memory() for image in images]
     settings = SimpleNamespace(batched_augmentation=True, channels_last=True)
-    views = TwoViews(settings, "v2", 32, CIFAR_MEAN, CIFAR_STD, device=args.device)
+    views = TwoViews(settings, "v2", s.image_size, CIFAR_MEAN, CIFAR_STD, device=args.device)
     accelerator = SimpleNamespace(device=args.device, num_processes=1, process_index=0)
-    model, optimizer = build(args, 8)
+    model, optimizer = build_sslhub(s, args.device, splits)
 
     def micro_batches():
         for index in range(args.steps):
@@ -183,16 +169,16 @@ def views_ahead(args) -> dict:
 
     def loop(ahead: bool) -> None:
         for _, query, key in ViewsAhead(views, accelerator, 0, ahead=ahead)(micro_batches()):
-            train_step(model, optimizer, query, key, args.precision)
+            train_step("sslhub", model, optimizer, query, key, s, args.device)
 
     runs = {"views in turn": lambda: loop(False), "views ahead (--prefetch)": lambda: loop(True)}
     for call in runs.values():
         call()
-    rows = measure(runs, args, 1, cpu_time=False)  # an overlap shows in wall time only
-    for row in rows.values():  # one call is a loop of `steps` steps
+    rows = measure(runs, SimpleNamespace(**{**vars(args), "batch_size": s.batch_size}), 1, cpu_time=False)
+    for row in rows.values():  # one call is a loop of `steps` steps (an overlap shows in wall time only)
         for key in ("wall_ms_median", "wall_ms_min"):
             row[key] /= args.steps
-        row["images_per_second"] = args.batch_size / row["wall_ms_median"] * 1e3
+        row["images_per_second"] = s.batch_size / row["wall_ms_median"] * 1e3
     print(f"[views ahead] {json.dumps(rows, indent=1)}", flush=True)
     return rows
 
@@ -316,7 +302,7 @@ def main(argv=None) -> dict:
         },
     }
     results["step"] = step_variants(args)
-    results["views_ahead"] = views_ahead(args)
+    results["views_ahead"] = views_ahead(args, setting(args))
     if args.recipe:
         results["recipe"] = recipe_runs(args)
     results["load_average_at_end"] = os.getloadavg()[0]
