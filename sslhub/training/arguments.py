@@ -94,7 +94,8 @@ class TrainingArguments:
     channels_last: bool = setting(True, "channels_last memory format (faster convolutions)")
     compile: bool = setting(
         False,
-        "torch.compile the model (compiles for a while first; see bench/STEP_BREAKDOWN.md for when it pays)",
+        "torch.compile the model in place (20-60 s of compiling first; on 2 CPU cores it was not faster: "
+        "bench/step_breakdown.py measures it)",
     )
     prefetch: bool = setting(
         False,
