@@ -218,10 +218,13 @@ def cpu_model() -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    """What a reader needs to compare numbers across machines."""
-    import lightly
+    """What a reader needs to compare numbers across machines (lightly's version when it is installed)."""
     import timm
 
+    try:
+        import lightly
+    except ImportError:
+        lightly = None
     flags = _cpuinfo("flags").split()
     info = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -234,7 +237,7 @@ def machine_info(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
-        "lightly": lightly.__version__,
+        "lightly": lightly.__version__ if lightly is not None else None,
         "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
