@@ -300,7 +300,7 @@ def describe_machine(m: dict) -> str:
 
 
 def machine_info(device: torch.device) -> dict:
-    """What a reader needs to compare numbers across machines."""
+    """What a reader needs to compare numbers across machines (lightly's version when it is installed)."""
     import timm
 
     try:

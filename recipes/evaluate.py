@@ -5,6 +5,10 @@
         --cache_dir ~/.cache/sslhub/features
     python recipes/evaluate.py --model timm:resnet18 --image_size 32 --dataset uoft-cs/cifar10 \
         --protocol knn                                   # a supervised timm baseline
+    python recipes/evaluate.py --model outputs/demo/final --protocol finetune --label_fraction 0.01 \
+        --seed 1                                         # 1% of the labels, class-balanced
+    python recipes/evaluate.py --model outputs/demo/final --protocol finetune --random_init true \
+        --label_map cifar10-animals-vehicles --save_model true   # supervised on coarse labels, kept
     accelerate launch recipes/evaluate.py --model org/moco-v2-r50 --dataset ILSVRC/imagenet-1k \
         --eval_split validation --protocol finetune --layer_decay 0.75 --knn_temperature 0.07
 
@@ -18,7 +22,16 @@ top-1 on the evaluation split. Protocols:
 - `finetune`: the whole encoder and a new linear head, trained through the same loop as the pre-training
   recipes (checkpoints, `--resume latest`, logs), AdamW with timm's parameter groups (no decay on biases,
   norms, position embeddings) and optional layer-wise learning-rate decay (`--layer_decay`).
-The run writes `output_dir/results.json`, PNG pictures with `--plots`, and adds the result to the
+Which labels: `--label_fraction` keeps a class-balanced fraction of the training labels (the labelled
+subset is drawn with `--seed`, so every model gets the same images for a seed), `--label_map` trains and
+scores on coarser classes (a named grouping such as `cifar10-animals-vehicles`, or a mapping), and
+`--eval_classes` keeps only some classes in both splits (`cifar10-animals`, or names or ids). kNN and
+linear probes select rows of the cached features of the whole splits; fine-tuning trains on the selected
+images. With `--save_model` the fine-tuned classifier is saved with its card in `output_dir/final` (a
+`--teacher_output logits` teacher for distillation, or a model to evaluate again).
+
+The run writes `output_dir/results.json` (with the confusion matrix), PNG pictures with `--plots`
+(confusion matrix, embedding map, retrieval grid, training curves), and adds the result to the
 `model-index` of the model card when the model is a local sslhub folder. Settings: the defaults below, then
 a `--config` YAML file, then `--name value` overrides (`--help` lists them).
 """
@@ -29,6 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -43,18 +57,21 @@ from sslhub.data import (
     load_image_dataset,
 )
 from sslhub.evaluation import (
+    LabelSelection,
     cached_features,
     card_eval_results,
-    classifier_accuracy,
     classifier_logits,
+    classifier_predictions,
+    confusion_matrix,
     extract_features,
-    knn_accuracy,
+    knn_predict,
     linear_probe,
     linear_probe_sweep,
     load_classifier,
     load_encoder,
     metric_name,
     nearest_neighbours,
+    select_labels,
     update_model_card,
     write_results,
 )
@@ -64,12 +81,14 @@ from sslhub.training import (
     RunLength,
     RunLogger,
     TrainingArguments,
+    command_line,
     create_accelerator,
     create_finetune_optimizer,
     learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
+    save_final_model,
     scaled_lr,
     set_lr,
     setting,
@@ -100,6 +119,18 @@ class EvalArguments(TrainingArguments):
     )
     max_train_samples: int | None = setting(None, "a random subset (seeded) of the training data")
     max_eval_samples: int | None = setting(None, "a random subset (seeded) of the evaluation data")
+    # which labels
+    label_fraction: float = setting(
+        1.0, "a class-balanced fraction of the training labels, drawn with --seed (0.01: 1%%)"
+    )
+    label_map: dict | str | None = setting(
+        None,
+        "train and score on coarser classes: a named grouping (cifar10-animals-vehicles) or a mapping "
+        "{class: new class} / {new class: [classes]}",
+    )
+    eval_classes: list[str] | str | None = setting(
+        None, "keep only these classes in both splits: a named set (cifar10-animals), names or ids"
+    )
     # linear protocol
     val_fraction: float = setting(0.1, "linear: the class-balanced part of the training set held out")
     linear_learning_rates: list[float] = setting([0.01, 0.03, 0.1, 0.3, 1.0], "linear: learning rates swept")
@@ -110,11 +141,14 @@ class EvalArguments(TrainingArguments):
     batch_size: int = setting(256, "images per process and micro-batch")
     output_dir: str = setting("outputs/eval", "results.json, pictures and fine-tuning checkpoints go here")
     save_steps: int = setting(10**9, "finetune: checkpoint every N optimizer steps (and at the end)")
+    save_model: bool = setting(
+        False, "finetune: save the fine-tuned classifier with its model card to output_dir/final"
+    )
     # outputs
     cache_dir: str | None = setting(
         None, "cache extracted features here (safetensors, keyed on model + data)"
     )
-    plots: bool = setting(False, "embedding map, retrieval grid and training curves as PNG")
+    plots: bool = setting(False, "confusion matrix, embedding map, retrieval grid and training curves as PNG")
     log_dir: str | None = setting(
         None, "TensorBoard logs for the curves; default: the logs next to the model"
     )
@@ -145,6 +179,10 @@ class EvalArguments(TrainingArguments):
         super().__post_init__()
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if self.save_model and self.protocol != "finetune":
+            raise ValueError("save_model keeps a fine-tuned classifier: it needs --protocol finetune")
 
 
 def load_split(args: EvalArguments, source: str, split: str, max_samples: int | None):
@@ -171,6 +209,25 @@ def load_eval_split(args: EvalArguments):
             if "split" not in str(error).lower():
                 raise
     raise ValueError(f"no test, validation or train split in {args.eval_dataset!r}; pass --eval_split")
+
+
+def selected_images(dataset, rows: torch.Tensor, selection: LabelSelection):
+    """The selected rows of a dataset with their new labels (for fine-tuning, which reads images)."""
+    if len(rows) < len(dataset):
+        dataset = dataset.select(rows.tolist())
+    if torch.equal(selection.table, torch.arange(len(selection.table))):
+        return dataset
+    table = selection.table.tolist()
+    features = dataset.features.copy()
+    features["label"] = (
+        datasets.ClassLabel(names=selection.names) if selection.names else datasets.Value("int64")
+    )
+    return dataset.map(
+        lambda batch: {"label": [table[label] for label in batch["label"]]},
+        batched=True,
+        features=features,
+        keep_in_memory=True,
+    )
 
 
 def features_of(args, accelerator, encoder, splits: dict) -> dict:
@@ -214,8 +271,13 @@ def features_of(args, accelerator, encoder, splits: dict) -> dict:
     return features
 
 
-def finetune(args, accelerator, encoder, train_data, eval_data, num_classes: int) -> tuple[float, dict]:
-    """Fine-tune the whole model with a new linear head through the training loop; top-1 on `eval_data`."""
+def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str] | None, num_classes: int):
+    """Fine-tune the whole model with a new linear head through the training loop.
+
+    Returns:
+        `(predictions, labels, settings, model)`: the predicted and true classes of `eval_data`, the
+        training settings, and the unwrapped fine-tuned classifier.
+    """
     # Data: RandomResizedCrop + flip views, seeded per (seed, epoch, image) like pre-training's.
     image = (encoder.image_size, encoder.mean, encoder.std, args.min_crop_scale)
     loader = pretraining_loader(args, accelerator, "crop_flip", *image, dataset=train_data)
@@ -223,7 +285,11 @@ def finetune(args, accelerator, encoder, train_data, eval_data, num_classes: int
 
     # Model and optimizer: timm's parameter groups, optional layer-wise decay; lr a pure function of the step.
     classifier = load_classifier(
-        args.model, num_classes, pretrained=args.pretrained, random_init=args.random_init
+        args.model,
+        num_classes,
+        pretrained=args.pretrained,
+        random_init=args.random_init,
+        label_names=names,
     )
     classifier.to(accelerator.device)
     optimizer = create_finetune_optimizer(classifier, args)
@@ -268,7 +334,7 @@ def finetune(args, accelerator, encoder, train_data, eval_data, num_classes: int
         num_workers=args.num_workers,
     )
     with accelerator.autocast():
-        accuracy = classifier_accuracy(model, accelerator.prepare(evaluation), accelerator)
+        predictions, labels = classifier_predictions(model, accelerator.prepare(evaluation), accelerator)
     settings = dict(
         epochs=args.epochs,
         steps=step,
@@ -281,8 +347,9 @@ def finetune(args, accelerator, encoder, train_data, eval_data, num_classes: int
         optimizer="adamw (timm parameter groups)",
         augmentation="RandomResizedCrop + flip",
         train_seconds=summary["train_seconds"],
+        images_per_second=summary["images_per_second"],
     )
-    return accuracy, settings
+    return predictions, labels, settings, accelerator.unwrap_model(model)
 
 
 def main(args: EvalArguments) -> dict:
@@ -299,9 +366,21 @@ def main(args: EvalArguments) -> dict:
     names = class_names(train_data)
     num_classes = len(names) if names else int(max(max(train_data["label"]), max(eval_data["label"]))) + 1
     eval_source = args.eval_dataset or args.dataset
+    # Labels: a labelled fraction, coarser classes or some classes; a seed gives every model the same images.
+    selection = select_labels(
+        torch.tensor(list(train_data["label"])),
+        torch.tensor(list(eval_data["label"])),
+        names,
+        num_classes,
+        label_fraction=args.label_fraction,
+        label_map=args.label_map,
+        eval_classes=args.eval_classes,
+        seed=args.seed,
+    )
     say(
-        f"train: {args.dataset} [{args.split}] {len(train_data)} images; "
-        f"eval: {eval_source} [{eval_split}] {len(eval_data)} images; {num_classes} classes"
+        f"train: {args.dataset} [{args.split}] {len(selection.train_rows)} of {len(train_data)} images; "
+        f"eval: {eval_source} [{eval_split}] {len(selection.eval_rows)} of {len(eval_data)} images; "
+        f"{selection.num_classes} classes" + (f" ({selection.description})" if selection.description else "")
     )
 
     # Model in eval mode with its own preprocessing; no augmentation for kNN / linear probes.
@@ -317,6 +396,7 @@ def main(args: EvalArguments) -> dict:
         f"{encoder.image_size}px, crop_pct {encoder.crop_pct}"
     )
 
+    # Features of the whole splits (cached), then the selected rows with their labels.
     features = {}
     if args.protocol in ("knn", "linear", "linear-fast") or args.plots:
         features = features_of(
@@ -328,12 +408,14 @@ def main(args: EvalArguments) -> dict:
                 "eval": (eval_source, eval_split, eval_data, args.max_eval_samples),
             },
         )
+        features = {split: selection.apply(*features[split], split) for split in features}
+    num_classes = selection.num_classes
     settings: dict = {}
+    classifier = None
     if args.protocol == "knn":
         (train_x, train_y, _), (eval_x, eval_y, _) = features["train"], features["eval"]
-        accuracy = knn_accuracy(
-            train_x, train_y, eval_x, eval_y, args.knn_k, args.knn_temperature, num_classes
-        )
+        scores = knn_predict(train_x, train_y, eval_x, num_classes, args.knn_k, args.knn_temperature)
+        predictions, labels = scores.argmax(1), eval_y
         settings = {"k": args.knn_k, "temperature": args.knn_temperature}
     elif args.protocol in ("linear", "linear-fast"):
         # Every process trains the same seeded probes on the same gathered features: no communication.
@@ -358,7 +440,6 @@ def main(args: EvalArguments) -> dict:
                 args.seed,
                 **probe,
             )
-            accuracy = sweep.accuracy
             settings.update(
                 learning_rate=sweep.learning_rate,
                 weight_decay=sweep.weight_decay,
@@ -367,6 +448,7 @@ def main(args: EvalArguments) -> dict:
                 train_accuracy=sweep.train_accuracy,
                 sweep=sweep.sweep,
             )
+            predictions = sweep.predictions
             say(
                 f"best on validation: lr {sweep.learning_rate:g}, wd {sweep.weight_decay:g} ({sweep.validation_accuracy:.4f})"
             )
@@ -382,16 +464,24 @@ def main(args: EvalArguments) -> dict:
                 seed=args.seed,
                 **probe,
             )
-            accuracy = result.accuracy
+            predictions = result.predictions
             settings.update(
                 learning_rate=args.learning_rate,
                 weight_decay=args.weight_decay,
                 train_accuracy=result.train_accuracy,
             )
+        labels = eval_y
     else:
-        accuracy, settings = finetune(args, accelerator, encoder, train_data, eval_data, num_classes)
+        train_images = selected_images(train_data, selection.train_rows, selection)
+        eval_images = selected_images(eval_data, selection.eval_rows, selection)
+        predictions, labels, settings, classifier = finetune(
+            args, accelerator, encoder, train_images, eval_images, selection.names, num_classes
+        )
+    predictions, labels = predictions.cpu(), labels.cpu()
+    accuracy = (predictions == labels).float().mean().item()
+    confusion = confusion_matrix(predictions, labels, num_classes)
 
-    name = metric_name(args.protocol, args.knn_k, args.knn_temperature)
+    name = metric_name(args.protocol, args.knn_k, args.knn_temperature, selection.description)
     say(f"{name}: {accuracy:.4f}")
 
     # Results: JSON always, the model card when the model is a local sslhub folder with trained weights.
@@ -409,9 +499,14 @@ def main(args: EvalArguments) -> dict:
         "train_split": args.split,
         "eval_dataset": eval_source,
         "eval_split": eval_split,
-        "num_train": len(train_data),
-        "num_eval": len(eval_data),
+        "num_train": len(selection.train_rows),
+        "num_eval": len(selection.eval_rows),
         "num_classes": num_classes,
+        "label_fraction": args.label_fraction,
+        "label_map": args.label_map,
+        "eval_classes": args.eval_classes,
+        "class_names": selection.names,
+        "confusion_matrix": confusion.tolist(),
         "settings": settings,
         "config": asdict(args),
         "num_processes": accelerator.num_processes,
@@ -421,25 +516,75 @@ def main(args: EvalArguments) -> dict:
         "model_card_updated": False,
     }
     if accelerator.is_main_process:
+        dataset = dataset_card_name(eval_source)
+        entries = card_eval_results(
+            accuracy,
+            args.protocol,
+            dataset,
+            dataset,
+            eval_split,
+            args.knn_k,
+            args.knn_temperature,
+            selection.description,
+        )
         local_sslhub = encoder.kind == "sslhub" and Path(args.model).is_dir() and not args.random_init
         if args.update_card and local_sslhub:
-            dataset = dataset_card_name(eval_source)
-            entries = card_eval_results(
-                accuracy, args.protocol, dataset, dataset, eval_split, args.knn_k, args.knn_temperature
-            )
             results["model_card_updated"] = update_model_card(args.model, entries)
+        if args.save_model:
+            results["saved_model"] = str(save_classifier(args, classifier, selection, entries, settings))
         path = write_results(output_dir, results)
         say(f"wrote {path}")
         if args.plots:
-            save_plots(args, output_dir, features, train_data, eval_data, names)
+            save_plots(args, output_dir, features, train_data, eval_data, selection.names, confusion, name)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
 
 
-def save_plots(args: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names) -> None:
-    from sslhub.evaluation.plots import plot_embedding_map, plot_retrieval_grid, plot_training_curves
+def save_classifier(args: EvalArguments, classifier, selection: LabelSelection, entries, settings) -> Path:
+    """The fine-tuned classifier in `output_dir/final` with its image processor and a model card that
+    holds its result."""
+    if not hasattr(classifier, "save_pretrained"):
+        raise SystemExit(f"error: save_model needs an sslhub or transformers model; {args.model} is not one")
+    source = "random init" if args.random_init else f"`{args.model}`"
+    labels = selection.description or "all labels"
+    final = save_final_model(
+        classifier,
+        args.output_dir,
+        card=dict(
+            model_name=Path(args.output_dir).resolve().name,
+            family="supervised" if args.random_init else "fine-tuned",
+            paper=None,
+            base_model=None if args.random_init else args.model,
+            datasets=[dataset_card_name(args.dataset)],
+            summary=(
+                f"An image classifier over {selection.num_classes} classes "
+                f"({', '.join(selection.names or [])}), fine-tuned from {source} with labels ({labels}) "
+                "by `recipes/evaluate.py --protocol finetune`."
+            ),
+            reproduce_command=command_line(),
+            training_summary=settings,
+            eval_results=entries,
+            limitations=(
+                "Trained on a small labelled set at low resolution: a research baseline, not a production "
+                "classifier. Biases of the training data and labels carry over."
+            ),
+        ),
+    )
+    return final
 
+
+def save_plots(
+    args: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names, confusion, name: str
+) -> None:
+    from sslhub.evaluation.plots import (
+        plot_confusion_matrix,
+        plot_embedding_map,
+        plot_retrieval_grid,
+        plot_training_curves,
+    )
+
+    plot_confusion_matrix(confusion, names, output_dir / "confusion_matrix.png", title=name)
     generator = torch.Generator().manual_seed(args.seed)
     (train_x, train_y, train_index), (eval_x, eval_y, eval_index) = features["train"], features["eval"]
     # t-SNE is quadratic: 2,000 test points show the structure in seconds.

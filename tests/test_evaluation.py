@@ -23,13 +23,17 @@ from sslhub.evaluation import (
     cached_features,
     card_eval_results,
     classifier_accuracy,
+    confusion_matrix,
     extract_features,
     knn_accuracy,
     knn_predict,
     linear_probe,
     load_classifier,
     load_encoder,
+    metric_name,
     nearest_neighbours,
+    resolve_label_map,
+    select_labels,
 )
 
 from .helpers import tiny_moco_v2
@@ -116,12 +120,104 @@ def test_linear_probe_separates_separable_features():
     assert adamw.accuracy >= 0.99
 
 
+def test_linear_probe_predictions_give_its_accuracy():
+    train_x, test_x = torch.randn(200, 8), torch.randn(50, 8)
+    train_y, test_y = (train_x[:, 0] > 0).long(), (test_x[:, 0] > 0).long()
+    result = linear_probe(train_x, train_y, test_x, test_y, epochs=5)
+    assert result.predictions.shape == (50,)
+    assert result.accuracy == pytest.approx((result.predictions == test_y).float().mean().item())
+
+
 def test_linear_probe_is_at_chance_on_random_labels():
     train_x, test_x = torch.randn(400, 32), torch.randn(400, 32)
     result = linear_probe(
         train_x, torch.randint(0, 4, (400,)), test_x, torch.randint(0, 4, (400,)), epochs=20
     )
     assert result.accuracy < 0.4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which labels: labelled fraction, coarse grouping, class subsets, confusion matrix
+# ----------------------------------------------------------------------------------------------------------
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+VEHICLES = ("airplane", "automobile", "ship", "truck")
+
+
+def test_label_fraction_is_class_balanced_seeded_and_nested_in_the_split():
+    train_y = torch.cat([torch.full((n,), c) for c, n in enumerate([100, 200, 300])])[torch.randperm(600)]
+    eval_y = torch.arange(3).repeat(5)
+    chosen = select_labels(train_y, eval_y, None, 3, label_fraction=0.1, seed=1)
+    counts = torch.bincount(train_y[chosen.train_rows], minlength=3)
+    assert counts.tolist() == [10, 20, 30]  # the same fraction of every class
+    assert chosen.description == "10% labels" and chosen.num_classes == 3
+    assert torch.equal(chosen.eval_rows, torch.arange(15))  # the evaluation split is untouched
+    again = select_labels(train_y, eval_y, None, 3, label_fraction=0.1, seed=1)
+    other = select_labels(train_y, eval_y, None, 3, label_fraction=0.1, seed=2)
+    assert torch.equal(again.train_rows, chosen.train_rows)
+    assert not torch.equal(other.train_rows, chosen.train_rows)
+    whole = select_labels(train_y, eval_y, None, 3)
+    assert torch.equal(whole.train_rows, torch.arange(600)) and whole.description == ""
+    tiny = select_labels(train_y, eval_y, None, 3, label_fraction=0.001)  # at least one image per class
+    assert torch.bincount(train_y[tiny.train_rows], minlength=3).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="label_fraction"):
+        select_labels(train_y, eval_y, None, 3, label_fraction=0.0)
+
+
+def test_label_map_forms_agree_and_check_every_class():
+    named = resolve_label_map("cifar10-animals-vehicles", CIFAR10_NAMES, 10)
+    assert named == ([0, 0, 1, 1, 1, 1, 1, 1, 0, 0], ["vehicle", "animal"])
+    by_name = {name: "vehicle" if name in VEHICLES else "animal" for name in CIFAR10_NAMES}
+    assert resolve_label_map(by_name, CIFAR10_NAMES, 10) == named
+    by_id = {i: int(name not in VEHICLES) for i, name in enumerate(CIFAR10_NAMES)}
+    table, names = resolve_label_map(by_id, CIFAR10_NAMES, 10)
+    assert table == [0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+    assert names == ["airplane+automobile+ship+truck", "bird+cat+deer+dog+frog+horse"]
+    with pytest.raises(ValueError, match="unmapped"):
+        resolve_label_map({"cat": "pet"}, CIFAR10_NAMES, 10)
+    with pytest.raises(ValueError, match="unknown class"):
+        resolve_label_map({"kitten": "pet"}, CIFAR10_NAMES, 10)
+    with pytest.raises(ValueError, match="grouping"):
+        resolve_label_map("cifar100-superclasses", CIFAR10_NAMES, 10)
+
+
+def test_label_map_and_eval_classes_select_rows_and_relabel_features():
+    train_y, eval_y = torch.arange(10).repeat(4), torch.arange(10).repeat(2)
+    coarse = select_labels(train_y, eval_y, CIFAR10_NAMES, 10, label_map="cifar10-animals-vehicles")
+    assert coarse.num_classes == 2 and coarse.names == ["vehicle", "animal"]
+    assert coarse.relabel(torch.tensor([0, 3, 9])).tolist() == [0, 1, 0]
+    assert coarse.description == "labels grouped as cifar10-animals-vehicles"
+
+    animals = select_labels(train_y, eval_y, CIFAR10_NAMES, 10, eval_classes="cifar10-animals")
+    assert animals.names == ["bird", "cat", "deer", "dog", "frog", "horse"] and animals.num_classes == 6
+    assert len(animals.train_rows) == 24 and len(animals.eval_rows) == 12
+    features, indices = torch.randn(20, 4), torch.arange(20)
+    kept_x, kept_y, kept_index = animals.apply(features, eval_y, indices, "eval")
+    assert torch.equal(kept_index, animals.eval_rows) and torch.equal(kept_x, features[animals.eval_rows])
+    assert kept_y.tolist() == [0, 1, 2, 3, 4, 5] * 2  # renumbered in the given order
+    picked = select_labels(train_y, eval_y, CIFAR10_NAMES, 10, eval_classes=["ship", "0"])
+    assert picked.names == ["ship", "airplane"] and picked.relabel(torch.tensor([8, 0])).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="combined"):
+        select_labels(
+            train_y, eval_y, CIFAR10_NAMES, 10, label_map="cifar10-animals-vehicles", eval_classes="0,1"
+        )
+    # a fraction of the animals' labels: balanced over the six selected classes
+    few = select_labels(
+        train_y, eval_y, CIFAR10_NAMES, 10, label_fraction=0.5, eval_classes="cifar10-animals"
+    )
+    assert torch.bincount(animals.relabel(train_y[few.train_rows])).tolist() == [2] * 6
+    assert few.description == "classes bird/cat/deer/dog/frog/horse, 50% labels"
+
+
+def test_confusion_matrix_matches_counting():
+    predictions, labels = torch.randint(0, 4, (50,)), torch.randint(0, 4, (50,))
+    matrix = confusion_matrix(predictions, labels, 4)
+    for true in range(4):
+        for predicted in range(4):
+            expected = int(((labels == true) & (predictions == predicted)).sum())
+            assert matrix[true, predicted] == expected
+    assert matrix.trace() == (predictions == labels).sum()
+    assert metric_name("linear", qualifier="1% labels") == "linear probe top-1, 1% labels"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -402,12 +498,84 @@ def test_recipe_writes_results(protocol, moco_folder, tmp_path):
     card = (moco_folder / "README.md").read_text()
     assert "model-index" in card and saved["metric_name"] in card
     if protocol == "finetune":  # the fine-tuning logs give the training curves
-        for name in ("embedding_map.png", "retrieval_grid.png", "training_curves.png"):
+        for name in (
+            "confusion_matrix.png",
+            "embedding_map.png",
+            "retrieval_grid.png",
+            "training_curves.png",
+        ):
             assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if protocol == "knn":  # the same settings again: features come from the cache
         again = recipe.main(cfg)
         assert again["accuracy"] == results["accuracy"]
         assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+
+
+def test_recipe_selects_labels_writes_confusion_and_saves_the_classifier(moco_folder, tmp_path):
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    recipe = _recipe()
+    common = dict(
+        dataset="sample",
+        max_train_samples=300,
+        max_eval_samples=100,
+        num_workers=0,
+        knn_k=20,
+        mixed_precision="no",
+        cache_dir=str(tmp_path / "cache"),
+        update_card=False,
+    )
+    # The fine classes within one group: kNN on the animals only, features from the cache of whole splits.
+    animals = recipe.main(
+        recipe.EvalArguments(
+            model=str(moco_folder),
+            protocol="knn",
+            eval_classes="cifar10-animals",
+            output_dir=str(tmp_path / "animals"),
+            **common,
+        )
+    )
+    confusion = torch.tensor(animals["confusion_matrix"])
+    assert animals["class_names"] == ["bird", "cat", "deer", "dog", "frog", "horse"]
+    assert confusion.shape == (6, 6) and int(confusion.sum()) == animals["num_eval"] < 100
+    assert animals["accuracy"] == pytest.approx(float(confusion.trace() / confusion.sum()), abs=1e-6)
+    assert animals["metric_name"] == "kNN top-1 (k=20, T=0.1), classes bird/cat/deer/dog/frog/horse"
+
+    # Supervised from random init on 10% of the coarse labels, kept as a model to evaluate again.
+    cfg = recipe.EvalArguments(
+        model=str(moco_folder),
+        protocol="finetune",
+        random_init=True,
+        label_map="cifar10-animals-vehicles",
+        label_fraction=0.1,
+        save_model=True,
+        batch_size=10,
+        epochs=1,
+        plots=True,
+        output_dir=str(tmp_path / "coarse"),
+        **common,
+    )
+    coarse = recipe.main(cfg)
+    train_labels = torch.tensor(recipe.load_split(cfg, "sample", "train", 300)["label"])
+    vehicles = int(torch.isin(train_labels, torch.tensor([0, 1, 8, 9])).sum())
+    assert coarse["num_train"] == round(0.1 * vehicles) + round(0.1 * (300 - vehicles))
+    assert coarse["num_classes"] == 2 and coarse["class_names"] == ["vehicle", "animal"]
+    assert int(torch.tensor(coarse["confusion_matrix"]).sum()) == 100
+    assert (tmp_path / "coarse" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    final = Path(coarse["saved_model"])
+    classifier = AutoModelForImageClassification.from_pretrained(final).eval()
+    assert classifier.config.id2label == {0: "vehicle", 1: "animal"}
+    x = torch.randn(2, 3, 32, 32)
+    encoder = AutoModel.from_pretrained(final).eval()
+    with torch.no_grad():
+        assert classifier(x).logits.shape == (2, 2)
+        torch.testing.assert_close(
+            encoder(x).pooler_output, classifier.query_encoder(x).pooler_output
+        )  # the encoder of the classifier loads for kNN / linear evaluation
+    card = (final / "README.md").read_text()
+    assert "fine-tuning top-1, labels grouped as cifar10-animals-vehicles, 10% labels" in card
+    with pytest.raises(ValueError, match="save_model"):
+        recipe.EvalArguments(model=str(moco_folder), protocol="knn", save_model=True)
 
 
 if __name__ == "__main__":  # the two-process test runs this module under torchrun

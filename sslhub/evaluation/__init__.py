@@ -3,14 +3,30 @@
 - `reference`: load any model by name (sslhub, `timm:<name>`, transformers) with its preprocessing.
 - `features`: features of a whole dataset, gathered across processes; the cache of computed tensors.
 - `knn`: weighted kNN (InstDisc). `linear`: the linear probe on frozen features.
-- `finetune`: a new linear head on any model; classifier accuracy.
+- `finetune`: a new linear head on any model; classifier predictions and accuracy.
+- `labels`: a class-balanced labelled fraction, coarser label groupings, class subsets; confusion matrices.
 - `results`: `results.json` and the model card's `model-index`. `plots`: embedding maps, retrieval grids,
   training curves.
 """
 
 from .features import cache_key, cached_features, cached_tensors, embedded_batches, extract_features
-from .finetune import LinearClassifier, classifier_accuracy, classifier_logits, load_classifier
+from .finetune import (
+    LinearClassifier,
+    classifier_accuracy,
+    classifier_logits,
+    classifier_predictions,
+    load_classifier,
+)
 from .knn import knn_accuracy, knn_predict, nearest_neighbours
+from .labels import (
+    CLASS_SETS,
+    LABEL_GROUPINGS,
+    LabelSelection,
+    confusion_matrix,
+    resolve_classes,
+    resolve_label_map,
+    select_labels,
+)
 from .linear import LinearProbeResult, LinearSweepResult, linear_probe, linear_probe_sweep, stratified_split
 from .reference import (
     TIMM_PREFIX,
@@ -23,6 +39,9 @@ from .reference import (
 from .results import card_eval_results, metric_name, update_model_card, write_results
 
 __all__ = [
+    "CLASS_SETS",
+    "LABEL_GROUPINGS",
+    "LabelSelection",
     "TIMM_PREFIX",
     "LinearClassifier",
     "LinearProbeResult",
@@ -35,6 +54,8 @@ __all__ = [
     "check_model",
     "classifier_accuracy",
     "classifier_logits",
+    "classifier_predictions",
+    "confusion_matrix",
     "embed",
     "embedded_batches",
     "extract_features",
@@ -48,6 +69,9 @@ __all__ = [
     "load_model",
     "metric_name",
     "nearest_neighbours",
+    "resolve_classes",
+    "resolve_label_map",
+    "select_labels",
     "update_model_card",
     "write_results",
 ]

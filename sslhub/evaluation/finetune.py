@@ -26,22 +26,32 @@ class LinearClassifier(nn.Module):
 
 
 def load_classifier(
-    spec: str, num_labels: int, *, pretrained: bool = True, random_init: bool = False
+    spec: str,
+    num_labels: int,
+    *,
+    pretrained: bool = True,
+    random_init: bool = False,
+    label_names: list[str] | None = None,
 ) -> nn.Module:
     """The model of full fine-tuning: the encoder of `spec` with a new linear head of `num_labels` classes.
 
     sslhub and transformers models load through `AutoModelForImageClassification` (every sslhub family has a
     classification head; a transformers model gets its head replaced); `timm:<name>` (and any model without
     a registered head) becomes a `LinearClassifier` on its pooled embedding. Read logits from the output with
-    `classifier_logits`.
+    `classifier_logits`. `label_names` name the classes in the config (`id2label`) of a transformers
+    classifier.
     """
     if not spec.startswith(TIMM_PREFIX):
+        labels = {"num_labels": num_labels}
+        if label_names is not None:
+            labels["id2label"] = dict(enumerate(label_names))
+            labels["label2id"] = {name: i for i, name in enumerate(label_names)}
         try:
             if random_init:
-                config = AutoConfig.from_pretrained(spec, num_labels=num_labels)
+                config = AutoConfig.from_pretrained(spec, **labels)
                 return AutoModelForImageClassification.from_config(config)
             return AutoModelForImageClassification.from_pretrained(
-                spec, num_labels=num_labels, ignore_mismatched_sizes=True
+                spec, **labels, ignore_mismatched_sizes=True
             )
         except ValueError as error:
             if "Unrecognized configuration class" not in str(error):
@@ -64,14 +74,22 @@ class _Logits(nn.Module):
         return classifier_logits(self.model(pixel_values))
 
 
-def classifier_accuracy(
+def classifier_predictions(
     model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], accelerator=None
-) -> float:
-    """Top-1 accuracy (in [0, 1]) of a classifier over labelled batches, each sample counted once.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(predicted classes (N,), labels (N,))` of a classifier over labelled batches, each sample once.
 
     Runs in eval mode and gathers like `extract_features` (its training mode is restored afterwards).
     """
     logits, labels = extract_features(_Logits(model), batches, accelerator, description="evaluation")
     if labels is None:
         raise ValueError("the evaluation batches have no labels")
-    return (logits.argmax(1) == labels).float().mean().item()
+    return logits.argmax(1), labels
+
+
+def classifier_accuracy(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], accelerator=None
+) -> float:
+    """Top-1 accuracy (in [0, 1]) of a classifier over labelled batches (see `classifier_predictions`)."""
+    predictions, labels = classifier_predictions(model, batches, accelerator)
+    return (predictions == labels).float().mean().item()

@@ -12,13 +12,15 @@ from torch import nn
 
 @dataclass
 class LinearProbeResult:
-    """Outcome of `linear_probe`: top-1 accuracy in [0, 1], the trained layer and its input standardization."""
+    """Outcome of `linear_probe`: top-1 accuracy in [0, 1], the trained layer and its input standardization,
+    and the (M,) predicted classes of the test features."""
 
     accuracy: float
     classifier: nn.Linear
     mean: torch.Tensor | None
     std: torch.Tensor | None
     train_accuracy: float
+    predictions: torch.Tensor | None = None
 
 
 def linear_probe(
@@ -99,9 +101,10 @@ def linear_probe(
                 schedule.step()
 
     with torch.no_grad():
-        accuracy = (classifier(test_x).argmax(1) == test_y).float().mean().item()
+        predictions = classifier(test_x).argmax(1)
+        accuracy = (predictions == test_y).float().mean().item()
         train_accuracy = (classifier(train_x).argmax(1) == train_y).float().mean().item()
-    return LinearProbeResult(accuracy, classifier.cpu(), mean, std, train_accuracy)
+    return LinearProbeResult(accuracy, classifier.cpu(), mean, std, train_accuracy, predictions.cpu())
 
 
 def stratified_split(
@@ -124,7 +127,8 @@ def stratified_split(
 
 @dataclass
 class LinearSweepResult:
-    """Outcome of `linear_probe_sweep`: test top-1 at the setting best on validation, and the whole sweep."""
+    """Outcome of `linear_probe_sweep`: test top-1 at the setting best on validation, the whole sweep, and
+    the (M,) test predictions of the final probe."""
 
     accuracy: float
     learning_rate: float
@@ -132,6 +136,7 @@ class LinearSweepResult:
     validation_accuracy: float
     train_accuracy: float
     sweep: list[dict[str, float]]
+    predictions: torch.Tensor | None = None
 
 
 def linear_probe_sweep(
@@ -199,4 +204,5 @@ def linear_probe_sweep(
         validation_accuracy=best["validation_accuracy"],
         train_accuracy=final.train_accuracy,
         sweep=sweep,
+        predictions=final.predictions,
     )

@@ -1,4 +1,5 @@
-"""Pictures of an evaluation, saved as PNG: an embedding map, a retrieval grid, training curves.
+"""Pictures of an evaluation, saved as PNG: an embedding map, a retrieval grid, training curves, a confusion
+matrix.
 
 matplotlib and scikit-learn (t-SNE) are optional: install them with `pip install "sslhub[plots]"`.
 """
@@ -234,4 +235,50 @@ def plot_training_curves(
     for axis in list(axes.flat)[len(tags) :]:
         axis.set_visible(False)
     figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor | np.ndarray,
+    class_names: Sequence[str] | None,
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """Save a confusion matrix as a heat map of row-normalized rates, each cell annotated in percent.
+
+    Args:
+        matrix: (C, C) counts, row = true class, column = predicted class (`confusion_matrix`).
+        class_names: the C class names; indices when `None`.
+        path: the PNG file to write.
+        title: figure title; the overall accuracy is appended.
+
+    Returns:
+        The path written.
+    """
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=np.float64)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = len(counts)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(size)]
+    figure, axis = plt.subplots(figsize=(1.0 + 0.62 * size, 0.8 + 0.55 * size))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for row in range(size):
+        for column in range(size):
+            value = rates[row, column]
+            axis.text(
+                column,
+                row,
+                f"{100 * value:.0f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if value > 0.5 else "black",
+            )
+    axis.set_xticks(range(size), names, rotation=45, ha="right", fontsize=8)
+    axis.set_yticks(range(size), names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    axis.set_title(f"{title or 'Confusion matrix'} (top-1 {100 * accuracy:.1f}%)", fontsize=10)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
     return _save(figure, path)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
-def metric_name(protocol: str, k: int = 200, temperature: float = 0.1) -> str:
-    """The name a protocol's top-1 accuracy goes by in results and model cards."""
+def metric_name(protocol: str, k: int = 200, temperature: float = 0.1, qualifier: str = "") -> str:
+    """The name a protocol's top-1 accuracy goes by in results and model cards; `qualifier` says which
+    labels it used (`"1% labels"`, `"classes bird/cat"`), so that such results sit next to the others."""
     names = {
         "knn": f"kNN top-1 (k={k}, T={temperature:g})",
         "linear": "linear probe top-1",
@@ -18,7 +19,7 @@ def metric_name(protocol: str, k: int = 200, temperature: float = 0.1) -> str:
     }
     if protocol not in names:
         raise ValueError(f"protocol must be one of {list(names)}, got {protocol!r}")
-    return names[protocol]
+    return f"{names[protocol]}, {qualifier}" if qualifier else names[protocol]
 
 
 def write_results(output_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
@@ -37,8 +38,10 @@ def card_eval_results(
     dataset_split: str,
     k: int = 200,
     temperature: float = 0.1,
+    qualifier: str = "",
 ) -> list[dict[str, Any]]:
-    """The `model-index` entries of one evaluation, as `sslhub.hub.update_card_eval_results` takes them."""
+    """The `model-index` entries of one evaluation, as `sslhub.hub.update_card_eval_results` takes them
+    (`qualifier`: see `metric_name`)."""
     return [
         {
             "task_type": "image-classification",
@@ -46,7 +49,7 @@ def card_eval_results(
             "dataset_type": dataset_type,
             "dataset_split": dataset_split,
             "metric_type": "accuracy",
-            "metric_name": metric_name(protocol, k, temperature),
+            "metric_name": metric_name(protocol, k, temperature, qualifier),
             "metric_value": round(float(accuracy), 4),
         }
     ]
