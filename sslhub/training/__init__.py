@@ -13,7 +13,7 @@
 """
 
 from .accelerator import create_accelerator
-from .arguments import TrainingArguments, parse_args, save_arguments, saved_model_config, setting
+from .arguments import TrainingArguments, save_arguments, setting
 from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
 from .final import command_line, publish_final_model, save_final_model
 from .kmeans import assign_clusters, kmeans
@@ -38,6 +38,7 @@ from .optim import (
     set_lr,
     step_lr,
 )
+from .parsing import parse_args, saved_model_config
 from .teacher import Renormalize, check_teacher, load_teacher, renormalize_for_teacher
 from .tracking import LossWatch, NonFiniteLossError, RunLogger, StepTimes, Throughput, peak_memory_mb
 
