@@ -53,7 +53,6 @@ from sslhub.data import (
     class_names,
     collate,
     dataset_card_name,
-    decode_image,
     load_image_dataset,
 )
 from sslhub.evaluation import (
@@ -70,7 +69,6 @@ from sslhub.evaluation import (
     load_classifier,
     load_encoder,
     metric_name,
-    nearest_neighbours,
     select_labels,
     update_model_card,
     write_results,
@@ -535,7 +533,21 @@ def main(args: EvalArguments) -> dict:
         path = write_results(output_dir, results)
         say(f"wrote {path}")
         if args.plots:
-            save_plots(args, output_dir, features, train_data, eval_data, selection.names, confusion, name)
+            from sslhub.evaluation.plots import model_log_dirs, plot_evaluation
+
+            plot_evaluation(
+                output_dir,
+                features,
+                train_data,
+                eval_data,
+                selection.names,
+                confusion,
+                title=name,
+                seed=args.seed,
+                log_dirs=[args.log_dir]
+                if args.log_dir
+                else [output_dir / "logs", *model_log_dirs(args.model)],
+            )
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
@@ -572,58 +584,6 @@ def save_classifier(args: EvalArguments, classifier, selection: LabelSelection, 
         ),
     )
     return final
-
-
-def save_plots(
-    args: EvalArguments, output_dir: Path, features: dict, train_data, eval_data, names, confusion, name: str
-) -> None:
-    from sslhub.evaluation.plots import (
-        plot_confusion_matrix,
-        plot_embedding_map,
-        plot_retrieval_grid,
-        plot_training_curves,
-    )
-
-    plot_confusion_matrix(confusion, names, output_dir / "confusion_matrix.png", title=name)
-    generator = torch.Generator().manual_seed(args.seed)
-    (train_x, train_y, train_index), (eval_x, eval_y, eval_index) = features["train"], features["eval"]
-    # t-SNE is quadratic: 2,000 test points show the structure in seconds.
-    subset = torch.randperm(len(eval_x), generator=generator)[:2000]
-    plot_embedding_map(
-        eval_x[subset], eval_y[subset], names, output_dir / "embedding_map.png", seed=args.seed
-    )
-
-    queries = torch.randperm(len(eval_x), generator=generator)[:8]
-    neighbours = nearest_neighbours(train_x, eval_x[queries], k=8)
-
-    def image(dataset, index):
-        return thumbnail(decode_image(dataset[int(index)]["image"]))
-
-    def caption(label):
-        return names[int(label)] if names else str(int(label))
-
-    plot_retrieval_grid(
-        [image(eval_data, eval_index[q]) for q in queries],
-        [[image(train_data, train_index[n]) for n in row] for row in neighbours],
-        output_dir / "retrieval_grid.png",
-        query_labels=[caption(eval_y[q]) for q in queries],
-        neighbour_labels=[[caption(train_y[n]) for n in row] for row in neighbours],
-    )
-
-    log_dir = Path(args.log_dir) if args.log_dir else None
-    if log_dir is None:  # a pre-training run saves the model in output_dir/final, its logs in output_dir/logs
-        candidates = [output_dir / "logs", Path(args.model).parent / "logs", Path(args.model) / "logs"]
-        log_dir = next((c for c in candidates if any(c.rglob("events.out.tfevents.*"))), None)
-    if log_dir is not None:
-        plot_training_curves(log_dir, output_dir / "training_curves.png")
-    else:
-        print("no TensorBoard logs found for the training curves; pass --log_dir")
-
-
-def thumbnail(image, size: int = 96):
-    image = image.copy()
-    image.thumbnail((size, size))
-    return image
 
 
 if __name__ == "__main__":

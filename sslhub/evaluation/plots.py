@@ -282,3 +282,64 @@ def plot_confusion_matrix(
     axis.set_title(f"{title or 'Confusion matrix'} (top-1 {100 * accuracy:.1f}%)", fontsize=10)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
     return _save(figure, path)
+
+
+def model_log_dirs(model: str) -> list[Path]:
+    """Where a pre-training run keeps its TensorBoard logs next to a model: `output_dir/logs` of a model
+    saved in `output_dir/final`, or `logs` inside the model's folder."""
+    return [Path(model).parent / "logs", Path(model) / "logs"]
+
+
+def plot_evaluation(
+    output_dir: str | os.PathLike,
+    features: dict,
+    train_data,
+    eval_data,
+    names: Sequence[str] | None,
+    confusion: torch.Tensor,
+    title: str,
+    seed: int = 0,
+    log_dirs: Sequence[str | os.PathLike] = (),
+) -> None:
+    """The pictures of `recipes/evaluate.py --plots`: the confusion matrix, a t-SNE map of 2,000 held-out
+    embeddings, the 8 nearest training images of 8 held-out ones, and the training curves of the first of
+    `log_dirs` that holds TensorBoard logs.
+
+    `features` holds `train` and `eval` as (embeddings, labels, row indices into `train_data` /
+    `eval_data`), the datasets' rows with an `image` column.
+    """
+    from ..data import decode_image
+    from .knn import nearest_neighbours
+
+    output_dir = Path(output_dir)
+    plot_confusion_matrix(confusion, names, output_dir / "confusion_matrix.png", title=title)
+    generator = torch.Generator().manual_seed(seed)
+    (train_x, train_y, train_index), (eval_x, eval_y, eval_index) = features["train"], features["eval"]
+    # t-SNE is quadratic: 2,000 test points show the structure in seconds.
+    subset = torch.randperm(len(eval_x), generator=generator)[:2000]
+    plot_embedding_map(eval_x[subset], eval_y[subset], names, output_dir / "embedding_map.png", seed=seed)
+
+    queries = torch.randperm(len(eval_x), generator=generator)[:8]
+    neighbours = nearest_neighbours(train_x, eval_x[queries], k=8)
+
+    def image(dataset, index):
+        picture = decode_image(dataset[int(index)]["image"]).copy()
+        picture.thumbnail((96, 96))
+        return picture
+
+    def caption(label):
+        return names[int(label)] if names else str(int(label))
+
+    plot_retrieval_grid(
+        [image(eval_data, eval_index[q]) for q in queries],
+        [[image(train_data, train_index[n]) for n in row] for row in neighbours],
+        output_dir / "retrieval_grid.png",
+        query_labels=[caption(eval_y[q]) for q in queries],
+        neighbour_labels=[[caption(train_y[n]) for n in row] for row in neighbours],
+    )
+
+    log_dir = next((Path(d) for d in log_dirs if any(Path(d).rglob("events.out.tfevents.*"))), None)
+    if log_dir is not None:
+        plot_training_curves(log_dir, output_dir / "training_curves.png")
+    else:
+        print("no TensorBoard logs found for the training curves; pass --log_dir")
