@@ -614,6 +614,7 @@ def test_demo_model_beats_random_init(tmp_path):
             random_init=random_init,
             num_workers=0,
             update_card=False,
+            mixed_precision="no",  # the process's Accelerator state is shared with the other tests
             output_dir=str(tmp_path / f"eval-{random_init}"),
         )
         accuracy[random_init] = recipe.main(cfg)["accuracy"]

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.claims import capacity, compression, label_efficiency, new_categories  # noqa: E402
-from bench.claims.common import parse_claim  # noqa: E402
+from bench.claims.common import machine_line, parse_claim  # noqa: E402
 
 EXPERIMENTS = (label_efficiency, new_categories, compression, capacity)
 NAMES = ("label_efficiency", "new_categories", "compression", "capacity")
@@ -26,7 +26,7 @@ NAMES = ("label_efficiency", "new_categories", "compression", "capacity")
 
 def render(out: Path) -> Path:
     """README_RESULTS.md: the headline of every finished experiment, where a claim did not hold included."""
-    rows, missing, commands, machine = [], [], [], None
+    rows, missing, commands, machine, precisions = [], [], [], None, set()
     for name in NAMES:
         path = out / name / "results.json"
         if not path.exists():
@@ -36,6 +36,7 @@ def render(out: Path) -> Path:
         rows += results.get("headlines", [])
         commands.append(f"`{results['command']}`")
         machine = machine or results["machine"]
+        precisions.update(results.get("precision", "").split("/") if results.get("precision") else [])
     held = [r for r in rows if r["held"].startswith("yes")]
     failed = [r for r in rows if not r["held"].startswith("yes")]
     lines = [
@@ -69,11 +70,9 @@ def render(out: Path) -> Path:
         "scale, not at convergence.",
     ]
     if machine:
-        lines += [
-            "",
-            f"Machine: {machine['cpu']}, {machine['cpu_count']} cores ({', '.join(machine.get('cpu_flags', []))}), "
-            "bf16 autocast (`--mixed_precision auto`); the cores were shared with other jobs.",
-        ]
+        lines += ["", machine_line(machine)]
+    if precisions:
+        lines += ["", f"Precision (`--mixed_precision auto`): {'/'.join(sorted(precisions))}."]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
     path = out / "README_RESULTS.md"
