@@ -34,6 +34,24 @@ def test_step_times_split_the_wall_time_into_parts():
     assert again["data"] == 0.0 and again["total"] < seconds["total"]
 
 
+def test_a_read_inside_a_part_splits_it_so_each_read_adds_up():
+    """The logging step reads the times from inside its own "logging" part: the part's time before the read
+    belongs to that read, the rest to the next, and every read's parts add up to its wall time."""
+    times = StepTimes(torch.device("cpu"))
+    with times("forward_backward"):
+        time.sleep(0.02)
+    with times("logging"):
+        time.sleep(0.02)
+        first = times.read()
+        time.sleep(0.03)
+    second = times.read()
+    for seconds in (first, second):
+        parts = sum(v for k, v in seconds.items() if k != "total")
+        assert seconds["total"] == pytest.approx(parts, rel=1e-6)
+    assert 0.02 <= first["logging"] < 0.03 and second["logging"] >= 0.03
+    assert second["other"] < 0.01
+
+
 def test_step_times_time_the_wait_for_each_item():
     times = StepTimes(torch.device("cpu"))
 

@@ -119,11 +119,8 @@ def main(argv=None) -> dict:
     entries = []
     for method, protocol in (("finetune", "fine-tuning top-1"), ("linear", "linear probe top-1")):
         for key, row in table[method].items():
-            entries.append(
-                card_entry(
-                    f"{protocol}, {100 * float(key):g}% labels (mean of {row['n']} seeds)", row["mean"]
-                )
-            )
+            seeds = f"mean of {row['n']} seeds" if row["n"] > 1 else "one seed"
+            entries.append(card_entry(f"{protocol}, {100 * float(key):g}% labels ({seeds})", row["mean"]))
     ship_card(claim, moco, f"moco-v2-{MOCO[claim.budget]['backbone']}-cifar10-claims", entries)
 
     results = {

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -106,6 +107,7 @@ class StepTimes:
         self._seconds: dict[str, float] = {}
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self._parts: dict[str, None] = {}  # the parts timed so far, in the order first seen
+        self._open: dict[str, Any] = {}  # part -> its start (perf_counter or CUDA event) while it runs
         self._start = time.perf_counter()
 
     @contextmanager
@@ -113,18 +115,21 @@ class StepTimes:
         """Add the time spent inside to `part`."""
         self._parts.setdefault(part)
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)
             start.record()
+            self._open[part] = start
             try:
                 yield
             finally:
+                end = torch.cuda.Event(enable_timing=True)
                 end.record()
-                self._events.append((part, start, end))
+                self._events.append((part, self._open.pop(part), end))
             return
-        started = time.perf_counter()
+        self._open[part] = time.perf_counter()
         try:
             yield
         finally:
+            started = self._open.pop(part)
             self._seconds[part] = self._seconds.get(part, 0.0) + time.perf_counter() - started
 
     def iterate(self, iterable: Iterable, part: str = "data") -> Iterator:
@@ -138,12 +143,24 @@ class StepTimes:
             yield item
 
     def read(self) -> dict[str, float]:
-        """Seconds per part since the last read, with "other" and "total" (wall time); then start afresh."""
+        """Seconds per part since the last read, with "other" and "total" (wall time); then start afresh.
+
+        A part still open (a read from inside it, e.g. the logging step) is split at the read: its time so
+        far counts here, the rest in the next read."""
+        now = time.perf_counter()
+        for part, started in list(self._open.items()):
+            if self.cuda:
+                split = torch.cuda.Event(enable_timing=True)
+                split.record()
+                self._events.append((part, started, split))
+                self._open[part] = split
+            else:
+                self._seconds[part] = self._seconds.get(part, 0.0) + now - started
+                self._open[part] = now
         if self._events:
             self._events[-1][2].synchronize()
             for part, start, end in self._events:
                 self._seconds[part] = self._seconds.get(part, 0.0) + start.elapsed_time(end) / 1e3
-        now = time.perf_counter()
         order = sorted(self._parts, key=lambda p: STEP_PARTS.index(p) if p in STEP_PARTS else len(STEP_PARTS))
         seconds = {part: self._seconds.get(part, 0.0) for part in order}
         total = now - self._start
