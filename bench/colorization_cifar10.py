@@ -3,7 +3,7 @@
     python bench/colorization_cifar10.py --quick          # toy sizes, about a minute on 2 CPU cores
     python bench/colorization_cifar10.py                  # about 10 minutes on 2 quiet CPU cores
     python bench/colorization_cifar10.py --steps 400 --bank_images 10000 --eval_images 10000   # longer
-    python bench/colorization_cifar10.py --steps 2000 --batch_size 256 --mixed_precision bf16   # on a GPU
+    python bench/colorization_cifar10.py --steps 2000 --batch_size 256   # on a GPU
 
 1. Splits `../shared/datasets/cifar10/train.parquet` (50k labelled images) with a fixed seeded
    permutation into 40k training and 10k held-out images, saved once as `train.parquet` / `test.parquet`
@@ -26,7 +26,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -35,10 +35,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 from cifar10_split import split_cifar10
+from common import cpu_flags, cpu_model
 from torch.utils.data import DataLoader
 
 from sslhub.data import ImageDataset, collate, load_image_dataset
-from sslhub.evaluation import extract_features, knn_accuracy, linear_probe, load_encoder
+from sslhub.evaluation import (
+    card_eval_results,
+    extract_features,
+    knn_accuracy,
+    linear_probe,
+    load_encoder,
+)
+from sslhub.hub import update_card_eval_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "pretrain_colorization.py"
@@ -58,7 +66,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bank_images", type=int, default=5000, help="training images: kNN bank, probe")
     parser.add_argument("--eval_images", type=int, default=2000, help="held-out images scored")
     parser.add_argument("--linear_epochs", type=int, default=100)
-    parser.add_argument("--mixed_precision", default="no", help="no / bf16 (GPU, or CPUs with AMX)")
+    parser.add_argument(
+        "--mixed_precision", default="auto", help="auto (bf16 where the device has it natively), no, bf16"
+    )
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / ".cache" / "colorization")
     parser.add_argument("--out", type=Path, default=None, help="default bench/COLORIZATION_RESULTS.md")
@@ -127,12 +137,14 @@ def write_markdown(path: Path, results: dict) -> None:
         "# Colorization pre-training on CIFAR-10: frozen features vs random init",
         "",
         f"Produced by `{results['command']}` on {results['machine']['date']}"
-        f" ({results['machine']['cpu']}, {results['machine']['threads']} threads, {results['machine']['device']}).",
+        f" ({results['machine']['cpu']}, {results['machine']['threads']} threads, {results['machine']['device']};"
+        f" CPU flags: {' '.join(results['machine'].get('cpu_flags', {}).get('flags', [])) or 'not recorded'}).",
         "",
         f"- Method: colorization (Zhang, Isola, Efros 2016), `{s['backbone']}` with the CIFAR stem on the L "
         f"channel, {s['steps']} steps at batch {s['batch_size']} ({s['images_seen']} images, "
         f"{s['epochs']:.2f} epochs of the {s['train_images']} training images), AdamW lr {s['learning_rate']} "
-        f"per 256, ab prior from {s['prior_images']} images; recipe config `{s['config']}`.",
+        f"per 256, ab prior from {s['prior_images']} images; recipe config `{s['config']}`; precision "
+        f"`{s['mixed_precision']}`: {s.get('precision_used') or 'not recorded'}.",
         f"- Pre-training wall time: {results['train_seconds']:.0f} s ({results['images_per_second']:.0f} images/s,"
         " including start-up and the prior).",
         f"- Evaluation: frozen pooled features, eval mode, no augmentation; bank / probe training set "
@@ -176,6 +188,7 @@ def main() -> None:
             "eval_images": args.eval_images,
             "linear_epochs": args.linear_epochs,
             "mixed_precision": args.mixed_precision,
+            "precision_used": json.loads((run_dir / "metrics.json").read_text()).get("mixed_precision"),
         },
         "train_seconds": round(train_seconds, 1),
         "images_per_second": round(args.steps * args.batch_size / train_seconds, 1),
@@ -186,7 +199,8 @@ def main() -> None:
         "machine": {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "load_average_at_end": os.getloadavg()[0],
@@ -196,6 +210,26 @@ def main() -> None:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(args.out, results)
     print(f"wrote {args.out} and {args.json}")
+    card = write_card(args, model_dir, trained)
+    print(f"the model's card, with its results: {card}")
+
+
+def write_card(args, model_dir: Path, trained: dict) -> Path:
+    """The scores go into the trained model's card (`model-index`); the full run's card is also copied to
+    `model_cards/colorization-BACKBONE-cifar10.md` (the zoo's entry reads it)."""
+    dataset = f"CIFAR-10 ({args.eval_images:,} held-out images of the train split)"
+    split = f"train, held-out {args.eval_images // 1000}k"
+    entries = [
+        *card_eval_results(trained["knn_top1"], "knn", dataset, "uoft-cs/cifar10", split),
+        *card_eval_results(trained["linear_top1"], "linear-fast", dataset, "uoft-cs/cifar10", split),
+    ]
+    name = f"colorization-{args.backbone}-cifar10"
+    update_card_eval_results(model_dir, entries, model_name=name)
+    if args.quick:
+        return model_dir / "README.md"
+    shipped = ROOT / "model_cards" / f"{name}.md"
+    shutil.copyfile(model_dir / "README.md", shipped)
+    return shipped
 
 
 if __name__ == "__main__":

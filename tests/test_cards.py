@@ -71,6 +71,11 @@ def test_update_card_eval_results_creates_and_merges(published, tmp_path):
     assert results == {KNN["metric_name"]: 0.47, LINEAR["metric_name"]: 0.503}
     assert "47.00%" in card.text and "41.20%" not in card.text and "50.30%" in card.text
     assert card.text.count("<!-- sslhub:eval-results:start -->") == 1
+    # A run folder's card renamed for publishing: title and model-index follow, the results stay.
+    cards.update_card_eval_results(folder, [], model_name="moco-v2-cifar10")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "moco-v2-cifar10" and "\n# moco-v2-cifar10\n" in card.text
+    assert "\n# model\n" not in card.text and len(card.data.eval_results) == 2
 
 
 def test_update_card_eval_results_appends_to_a_handwritten_card(published, tmp_path):

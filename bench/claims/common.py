@@ -418,10 +418,11 @@ def report_header(claim: Claim, title: str, runs: Runs) -> list[str]:
 
 
 def ship_card(claim: Claim, folder: Path, name: str, entries: list[dict]) -> None:
-    """Merge `entries` into the card of a model folder and, for the full budget, copy it to model_cards/."""
+    """Merge `entries` into the card of a model folder, named `name` (the name the zoo lists it by); for the
+    full budget, copy it to model_cards/NAME.md."""
     from sslhub.hub import update_card_eval_results
 
-    update_card_eval_results(folder, entries)
+    update_card_eval_results(folder, entries, model_name=name)
     if not claim.smoke:
         shutil.copyfile(folder / "README.md", ROOT / "model_cards" / f"{name}.md")
 

@@ -302,7 +302,9 @@ def write_model_card(
     return path
 
 
-def update_card_eval_results(folder: str | os.PathLike, results: list[dict]) -> None:
+def update_card_eval_results(
+    folder: str | os.PathLike, results: list[dict], model_name: str | None = None
+) -> None:
     """Merge evaluation results into a model folder's card (`README.md`), creating the card if missing.
 
     Each result is a dict with keys `task_type` (e.g. `"image-classification"`), `dataset_name`,
@@ -315,6 +317,8 @@ def update_card_eval_results(folder: str | os.PathLike, results: list[dict]) -> 
     Args:
         folder: the saved sslhub model folder.
         results: the results to merge, in the format above.
+        model_name: a new name for the model (the card's title and the `model-index` name); default: the
+            card's, else the folder's name.
     """
     folder = Path(folder)
     readme = folder / "README.md"
@@ -327,9 +331,13 @@ def update_card_eval_results(folder: str | os.PathLike, results: list[dict]) -> 
     card = ModelCard.load(readme)
     merged = merge_eval_results(card.data.eval_results or [], results)
     card.data.eval_results = merged
-    card.data.model_name = card.data.model_name or folder.name
+    previous = card.data.model_name
+    card.data.model_name = model_name or previous or folder.name
     table = _eval_table(merged)
-    text = _replace_block(card.text, "eval-results", table)
+    text = card.text
+    if previous and previous != card.data.model_name:
+        text = text.replace(f"# {previous}\n", f"# {card.data.model_name}\n", 1)
+    text = _replace_block(text, "eval-results", table)
     if text is None:  # a hand-written card: append the section
         text = f"{card.text.rstrip()}\n\n## Evaluation\n\n<!-- sslhub:eval-results:start -->\n{table}\n<!-- sslhub:eval-results:end -->\n"
     card.text = text
