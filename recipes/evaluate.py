@@ -301,28 +301,32 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
     logger = RunLogger(accelerator, args, length, checkpointer, name="finetune")
 
     model.train()
-    for micro in micro_batches(loader, accelerator, length, step):
+    # The wait for each micro-batch (its crops and flips included) is the step's "data" time.
+    for micro in logger.timed.iterate(micro_batches(loader, accelerator, length, step)):
         if micro.first:  # this optimizer step's learning rate (times each layer group's scale)
             lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
             set_lr(optimizer, lr)
         with accelerator.accumulate(model):
-            logits = classifier_logits(model(micro.batch["pixel_values"]))
-            loss = F.cross_entropy(logits.float(), micro.batch["label"])
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with logger.timed("forward_backward"):
+                logits = classifier_logits(model(micro.batch["pixel_values"]))
+                loss = F.cross_entropy(logits.float(), micro.batch["label"])
+                accelerator.backward(loss)
+            with logger.timed("optimizer"):
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         logger.update(loss, micro.batch)
         if not micro.last:
             continue
 
         step += 1
-        logger.step(step, lr=lr)
-        if step % args.save_steps == 0 or step == length.total_steps:
-            with logger.paused():
-                logger.check_finite(step)  # a NaN loss stops the run before it is saved
-                checkpointer.save(step)
+        with logger.timed("logging"):
+            logger.step(step, lr=lr)
+            if step % args.save_steps == 0 or step == length.total_steps:
+                with logger.paused():
+                    logger.check_finite(step)  # a NaN loss stops the run before it is saved
+                    checkpointer.save(step)
     summary = logger.summary(step)
 
     evaluation = DataLoader(
@@ -346,6 +350,7 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
         augmentation="RandomResizedCrop + flip",
         train_seconds=summary["train_seconds"],
         images_per_second=summary["images_per_second"],
+        step_time_ms=summary["step_time_ms"],
     )
     return predictions, labels, settings, accelerator.unwrap_model(model)
 

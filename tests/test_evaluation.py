@@ -505,6 +505,11 @@ def test_recipe_writes_results(protocol, moco_folder, tmp_path):
             "training_curves.png",
         ):
             assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # Where the fine-tuning step's time went, as in the pre-training recipes.
+        times = saved["settings"]["step_time_ms"]
+        assert times["data"] > 0 and times["forward_backward"] > 0 and times["optimizer"] > 0
+        parts = sum(value for part, value in times.items() if part != "total")
+        assert parts == pytest.approx(times["total"], rel=1e-3)
     if protocol == "knn":  # the same settings again: features come from the cache
         again = recipe.main(cfg)
         assert again["accuracy"] == results["accuracy"]
