@@ -15,13 +15,15 @@ same `KNNProbe`; the clock stops while it runs, so "training seconds" are the wa
 loop (data loading, augmentation, steps, logging) from the end of the random-init evaluation.
 
 Writes `TIME_TO_ACCURACY.md`, `time_to_accuracy.json` and `time_to_accuracy.png` into `bench/` (or
-`--out-dir`).
+`--out-dir`). Each finished run is kept in `bench/.cache/time_to_accuracy/` and reused by the next call
+with the same protocol, so a stopped benchmark continues where it stopped (delete the folder to rerun).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -424,25 +426,36 @@ def main(argv=None) -> dict:
         "runs": [],
     }
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        for index, seed in enumerate(args.seeds):
-            for library in LIBRARIES if index % 2 == 0 else LIBRARIES[::-1]:  # both see the same drift
-                print(f"[time to accuracy] {library}, seed {seed}", flush=True)
-                result = Path(folder) / f"{library}-{seed}.json"
-                command = [
-                    sys.executable, __file__, "--child", library, "--seed", str(seed),
-                    "--protocol", json.dumps(dataclasses.asdict(p)), "--data", str(data), "--result", str(result),
-                ]  # fmt: skip
-                process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-                if process.returncode:
-                    raise SystemExit(f"{library} seed {seed} failed:\n{process.stderr[-5000:]}")
+    # Full runs are kept (per protocol, kernel caps and seed) and reused: a stopped benchmark continues.
+    protocol_key = hashlib.sha1(json.dumps([dataclasses.asdict(p), args.avx2]).encode()).hexdigest()[:10]
+    if args.quick:  # toy runs are never reused
+        folder = Path(tempfile.mkdtemp(prefix="time_to_accuracy-quick-"))
+    else:
+        folder = HERE / ".cache" / "time_to_accuracy" / f"{name}-{protocol_key}"
+        folder.mkdir(parents=True, exist_ok=True)
+    for index, seed in enumerate(args.seeds):
+        for library in LIBRARIES if index % 2 == 0 else LIBRARIES[::-1]:  # both see the same drift
+            result = folder / f"{library}-{seed}.json"
+            if result.exists():
+                print(f"[time to accuracy] {library}, seed {seed}: reused {result}", flush=True)
                 results["runs"].append(json.loads(result.read_text()))
-                run = results["runs"][-1]
-                print(
-                    f"   {run['train_seconds']:.0f} s, {run['images_per_second']:.0f} img/s, "
-                    f"kNN {run['curve'][-1]['knn_top1']:.4f}",
-                    flush=True,
-                )
+                continue
+            print(f"[time to accuracy] {library}, seed {seed}", flush=True)
+            command = [
+                sys.executable, __file__, "--child", library, "--seed", str(seed),
+                "--protocol", json.dumps(dataclasses.asdict(p)), "--data", str(data), "--result", str(result),
+            ]  # fmt: skip
+            process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+            if process.returncode:
+                result.unlink(missing_ok=True)
+                raise SystemExit(f"{library} seed {seed} failed:\n{process.stderr[-5000:]}")
+            results["runs"].append(json.loads(result.read_text()))
+            run = results["runs"][-1]
+            print(
+                f"   {run['train_seconds']:.0f} s, {run['images_per_second']:.0f} img/s, "
+                f"kNN {run['curve'][-1]['knn_top1']:.4f}",
+                flush=True,
+            )
     results["seconds"] = time.perf_counter() - started
     results["summary"] = summarize(results["runs"])
     first_sslhub = next(r for r in results["runs"] if r["library"] == "sslhub")
