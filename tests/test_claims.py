@@ -25,6 +25,7 @@ def test_summary_and_verdicts():
     assert held(0.05, spread=0.01, seeds=3) == "yes"
     assert held(0.05, spread=0.03, seeds=3) == "not established"
     assert held(0.05) == "yes (one seed)"
+    assert held(0.005) == "not established (one seed, under a point)"  # within one seed's noise
     assert held(0.0) == held(-0.02, spread=0.01, seeds=3) == "no"
     # the linear protocol's epochs: 100 on a few labels, fewer (at least 30) on many
     assert linear_flags(400)[:2] == ["--epochs", 100] and linear_flags(40_000)[:2] == ["--epochs", 30]

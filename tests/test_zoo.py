@@ -132,7 +132,7 @@ def _md5_prefixes_of_fixtures(monkeypatch, fixtures):
 # --- the catalogue -----------------------------------------------------------------------------------------
 def test_names_are_unique_and_every_entry_has_a_source():
     names = [e.name for e in zoo.MODELS]
-    assert len(names) == len(set(names)) == 16
+    assert len(names) == len(set(names)) == 19
     for entry in zoo.MODELS:
         assert re.fullmatch(r"[a-z0-9][a-z0-9_.-]+", entry.name), entry.name
         assert entry.results and entry.epochs > 0 and entry.source
@@ -170,7 +170,7 @@ def test_official_entries_point_at_the_authors_files():
 
 def test_numbers_of_the_models_trained_here_are_their_cards():
     trained = [e for e in zoo.MODELS if e.train_command]
-    assert len(trained) == 8 and {e.card for e in trained} == {
+    assert len(trained) == 11 and {e.card for e in trained} == {
         f"model_cards/{p.name}" for p in (ROOT / "model_cards").glob("*.md") if p.name != "TEMPLATE.md"
     }
     for entry in trained:
@@ -186,7 +186,7 @@ def test_filters_and_close_matches():
         "moco-v3-vit-small-300ep",
         "moco-v3-vit-base-300ep",
     }
-    assert len(zoo.list_models(method="MoCo v3")) == 5 and len(zoo.list_models(method="distillation")) == 5
+    assert len(zoo.list_models(method="MoCo v3")) == 5 and len(zoo.list_models(method="distillation")) == 6
     assert [e.name for e in zoo.list_models(backbone="resnet50", method="v1")] == ["moco-v1-resnet50-200ep"]
     assert zoo.list_models(backbone="convnext") == []
     with pytest.raises(ValueError, match="did you mean moco-v2-resnet50-800ep"):
@@ -394,7 +394,7 @@ def test_readme_table_is_the_generated_one(tmp_path):
 def test_zoo_command_lists_filters_and_shows(capsys):
     assert main(["zoo"]) == 0
     out = capsys.readouterr().out
-    assert all(e.name in out for e in zoo.MODELS) and "linear 71.1 (validation)" in out and "16 models" in out
+    assert all(e.name in out for e in zoo.MODELS) and "linear 71.1 (validation)" in out and "19 models" in out
     assert main(["zoo", "--method", "moco-v3", "--backbone", "vit", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [e["name"] for e in listed] == ["moco-v3-vit-small-300ep", "moco-v3-vit-base-300ep"]

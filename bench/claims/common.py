@@ -330,13 +330,21 @@ def pct(summary: dict[str, Any] | float) -> str:
     return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}% (n={summary['n']})"
 
 
+# The smallest gain (a fraction: 0.01 is one point of top-1) one seed can show: seeds of the same run
+# differ by up to about a point here (standard deviations of 0.2-0.7 points fine-tuning, 0.1-2.7 linear).
+ONE_SEED_MARGIN = 0.01
+
+
 def held(gain: float, spread: float = 0.0, seeds: int = 1) -> str:
-    """Whether a claimed gain held: "yes" (positive and, with several seeds, over twice the spread), "no"
-    (zero or negative), or "not established" (positive but within twice the spread over seeds)."""
+    """Whether a claimed gain held: "yes" (positive and, with several seeds, over twice the spread; with one
+    seed, over `ONE_SEED_MARGIN`), "no" (zero or negative), or "not established" (positive but
+    within that noise)."""
     if gain <= 0:
         return "no"
     if seeds > 1 and gain <= 2 * spread:
         return "not established"
+    if seeds == 1 and gain < ONE_SEED_MARGIN:
+        return "not established (one seed, under a point)"
     return "yes" if seeds > 1 else "yes (one seed)"
 
 

@@ -270,6 +270,45 @@ MODELS: tuple[ZooEntry, ...] = (
         notes="475 steps on 2 CPU cores (169 s). Its card records `make demo`, whose config trained resnet10t "
         "then; the demo now trains test_resnet (bench/DEMO.md), and this command is the old demo.",
     ),
+    _trained_here(
+        "moco-v2-resnet10t-cifar10-claims", "MoCo v2", "moco-v2", "resnet10t",
+        data="CIFAR-10 (40,000 train images)", epochs=6.4, command="python bench/claims/label_efficiency.py",
+        evaluation=_HELD_OUT_10K,
+        scores={
+            _KNN: 43.88, _LINEAR: 51.59,
+            f"{_KNN}, classes bird/cat/deer/dog/frog/horse": 42.37,
+            f"{_LINEAR}, classes bird/cat/deer/dog/frog/horse": 50.07,
+            "fine-tuning top-1, 1% labels (mean of 3 seeds)": 42.52,
+            "fine-tuning top-1, 10% labels (mean of 3 seeds)": 47.91,
+            "fine-tuning top-1, 100% labels (one seed)": 48.54,
+            f"{_LINEAR}, 1% labels (mean of 3 seeds)": 35.47,
+            f"{_LINEAR}, 10% labels (mean of 3 seeds)": 45.96,
+            f"{_LINEAR}, 100% labels (one seed)": 51.59,
+        },
+        notes="The self-supervised model of the claim experiments (bench/claims/): 1,000 steps of batch 256 at "
+        "32x32, bf16, 1,394 s on one CPU thread; label efficiency, new categories, compression's teacher.",
+    ),
+    _trained_here(
+        "supervised-resnet10t-cifar10-animals-vehicles-claims", "supervised (2 coarse labels)", None,
+        "resnet10t", data="CIFAR-10 (40,000 train images, labels animal / vehicle)", epochs=0.77,
+        command="python bench/claims/new_categories.py", evaluation=_HELD_OUT_10K,
+        scores={
+            "fine-tuning top-1, labels grouped as cifar10-animals-vehicles": 88.48,
+            _KNN: 38.97, _LINEAR: 47.06,
+            f"{_KNN}, classes bird/cat/deer/dog/frog/horse": 36.83,
+            f"{_LINEAR}, classes bird/cat/deer/dog/frog/horse": 46.09,
+        },
+        notes="Trained from random init on 2 coarse labels (120 steps of batch 256), the baseline of "
+        "bench/claims/new_categories.md; kNN / linear scores are on the 10 (or 6 animal) fine classes.",
+    ),
+    _trained_here(
+        "student-test_resnet-seed-cifar10-claims", "distillation (SEED)", "seed", "test_resnet",
+        data="CIFAR-10 (40,000 train images)", epochs=1.28, command="python bench/claims/compression.py",
+        evaluation=_HELD_OUT_10K,
+        scores={f"{_KNN} (mean of 3 seeds)": 41.96, f"{_LINEAR} (mean of 3 seeds)": 43.6},
+        notes="Seed 0 of the best label-free student of bench/claims/compression.md (teacher: "
+        "moco-v2-resnet10t-cifar10-claims), 200 steps of batch 256; its card gives the mean over 3 seeds.",
+    ),
     _student("seed", "SEED", "seed", 36.95),
     _student("compress-1q", "CompRess-1q", "compress", 36.55),
     _student("compress-2q", "CompRess-2q", "compress", 33.95),
