@@ -101,6 +101,17 @@ def _add_export_timm_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run="_export_timm")
 
 
+def _subcommand(subparsers, name: str, help: str, examples: dict[str, str]) -> argparse.ArgumentParser:
+    """A sub-command whose `--help` shows its help line and its examples."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=examples[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `sslhub` command (one subparser per subcommand)."""
     parser = argparse.ArgumentParser(
@@ -113,13 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=_EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return _subcommand(sub, name, help, _EXAMPLES)
 
     p = add(
         "convert", "Convert an official MoCo v1/v2/v3 checkpoint into an sslhub model folder with a card."
@@ -225,13 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     formats = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
 
     def add_format(name: str, help: str) -> argparse.ArgumentParser:
-        return formats.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=_EXPORT_EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return _subcommand(formats, name, help, _EXPORT_EXAMPLES)
 
     p = add_format(
         "onnx", "Export a model's embedding to ONNX (dynamic batch axis, float32), checked with ONNX Runtime."
