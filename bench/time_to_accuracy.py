@@ -1,7 +1,7 @@
 """Time to accuracy: kNN top-1 against training wall-clock seconds, sslhub vs lightly, MoCo v2.
 
     python bench/time_to_accuracy.py --quick     # toy sizes, to check the script (1-2 minutes)
-    python bench/time_to_accuracy.py             # the full run: about an hour of a quiet 2-core machine
+    python bench/time_to_accuracy.py             # the full run, 4 seeds each: 100 minutes of a 2-core machine
     python bench/time_to_accuracy.py --avx2      # the same with torch's and oneDNN's kernels capped at AVX2
 
 The protocol (`Protocol`): timm `test_resnet` at 32x32, 2-layer projector 512 -> 128, queue 1,024, T 0.2,
@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,7 +78,9 @@ class Protocol:
     projector_hidden: int = 512
     shuffle_bn_splits: int = 1  # equal settings: lightly's one-process example has no BatchNorm sub-batches
     precision: str = "fp32"  # or "bf16" (autocast)
-    sslhub_workers: int = 1  # its workers only decode; the views are made in the training process
+    sslhub_workers: int = (
+        1  # they decode the images into memory once; the views are made in the training process
+    )
     lightly_workers: int = 2  # PIL views per image: one worker per core
 
     @property
@@ -104,6 +108,12 @@ class TimedProbe:
         self._last_end = time.perf_counter()
         return accuracy
 
+    def add_seconds(self, seconds: float) -> None:
+        """Count `seconds` spent before the first evaluation as training time (every point after it)."""
+        self.seconds += seconds
+        for point in self.curve[1:]:
+            point["train_seconds"] = round(point["train_seconds"] + seconds, 2)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # One training run per child process
@@ -115,7 +125,20 @@ def sslhub_run(p: Protocol, data: Path, seed: int, probe: TimedProbe) -> dict:
     sys.path.insert(0, str(ROOT / "recipes"))
     import pretrain_moco
 
+    from sslhub.data import InMemoryUInt8Images
+
     pretrain_moco.KNNMonitor = lambda args, accelerator, config: probe
+    # The recipe decodes the images into memory before its random-init evaluation starts the clock: time it,
+    # and count it as training time (lightly decodes inside its loop, every epoch).
+    decode, decode_seconds = InMemoryUInt8Images.decode.__func__, []
+
+    def timed_decode(cls, *args, **kwargs):
+        started = time.perf_counter()
+        images = decode(cls, *args, **kwargs)
+        decode_seconds.append(time.perf_counter() - started)
+        return images
+
+    InMemoryUInt8Images.decode = classmethod(timed_decode)
     steps_per_epoch = p.train_images // p.batch_size
     model = dict(
         backbone=p.backbone,
@@ -140,7 +163,12 @@ def sslhub_run(p: Protocol, data: Path, seed: int, probe: TimedProbe) -> dict:
             "--model", json.dumps(model),
         ]  # fmt: skip
         metrics = pretrain_moco.main(pretrain_moco.parse_args(pretrain_moco.MoCoArguments, argv))
-    return {"recipe_images_per_second": metrics["images_per_second"], "step_time_ms": metrics["step_time_ms"]}
+    probe.add_seconds(sum(decode_seconds))
+    return {
+        "recipe_images_per_second": metrics["images_per_second"],
+        "step_time_ms": metrics["step_time_ms"],
+        "decode_into_memory_seconds": sum(decode_seconds),
+    }
 
 
 def lightly_run(p: Protocol, data: Path, seed: int, probe: TimedProbe) -> dict:
@@ -209,6 +237,7 @@ def child(args) -> None:
         "images_per_second": images / max(probe.seconds, 1e-9),
         "process_seconds": time.perf_counter() - started,
         "peak_memory_mb": peak_memory_mb(torch.device("cpu")),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "threads": torch.get_num_threads(),
         **extra,
     }
@@ -246,6 +275,31 @@ def accuracy_at(curve: list[tuple[float, float]], seconds: float) -> float:
         if seconds <= t1:
             return a0 + (a1 - a0) * (seconds - t0) / max(t1 - t0, 1e-9)
     return curve[-1][1]
+
+
+def permutation_p_value(a: list[float], b: list[float]) -> float:
+    """Two-sided exact permutation test of a difference in means: the share of the ways to split the pooled
+    values into groups of len(a) and len(b) whose mean difference is at least as large as the observed one."""
+    pooled, observed = a + b, abs(statistics.fmean(a) - statistics.fmean(b))
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    extreme = 0
+    for chosen in splits:
+        first = [pooled[i] for i in chosen]
+        second = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        extreme += abs(statistics.fmean(first) - statistics.fmean(second)) >= observed - 1e-12
+    return extreme / len(splits)
+
+
+def equal_epochs(runs: list[dict]) -> dict:
+    """sslhub's final kNN minus lightly's (the same epochs): difference of the seed means, the seeds' standard
+    deviations, and the exact permutation p-value of the difference (None with one seed per library)."""
+    finals = {lib: [r["curve"][-1]["knn_top1"] for r in runs if r["library"] == lib] for lib in LIBRARIES}
+    a, b = finals["sslhub"], finals["lightly"]
+    return {
+        "difference": statistics.fmean(a) - statistics.fmean(b),
+        "std": {lib: statistics.stdev(v) if len(v) > 1 else None for lib, v in finals.items()},
+        "permutation_p": permutation_p_value(a, b) if len(a) > 1 and len(b) > 1 else None,
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -329,8 +383,9 @@ def render(results: dict) -> str:
         f"{p['batch_size']}, {p['epochs']} epochs of {p['train_images']} CIFAR-10 images, {p['precision']}; "
         f"shuffle-BN sub-batches {p['shuffle_bn_splits']}; kNN (k=200, T=0.1, bank: the training images) on "
         f"{p['heldout_images']} held-out images every {p['eval_every']} epochs; seeds {results['seeds']}.",
-        f"- sslhub: `recipes/pretrain_moco.py --batched_augmentation true` ({p['sslhub_workers']} decoding "
-        f"worker), channels_last, fused SGD. lightly {m['lightly']}: its MoCo v2 example (PIL `MoCoV2Transform` "
+        f"- sslhub: `recipes/pretrain_moco.py --batched_augmentation true` (the images decoded once into "
+        f"memory by {p['sslhub_workers']} worker, `cache_images` unset; that time counts as training), "
+        f"channels_last, fused SGD. lightly {m['lightly']}: its MoCo v2 example (PIL `MoCoV2Transform` "
         f"in {p['lightly_workers']} workers, NCHW, torch's default SGD); both queues start as random unit "
         "vectors. Training seconds exclude the kNN evaluations (same `KNNProbe` for both).",
         "",
@@ -348,6 +403,15 @@ def render(results: dict) -> str:
         "",
         "Times and accuracies between evaluations are interpolated linearly on the mean curve of the seeds.",
     ]
+    e = results.get("equal_epochs")
+    if e and e["permutation_p"] is not None:
+        lines += [
+            "",
+            f"At equal epochs sslhub's final kNN is {100 * e['difference']:+.2f} points from lightly's (seed "
+            f"standard deviations: sslhub {100 * e['std']['sslhub']:.2f}, lightly {100 * e['std']['lightly']:.2f}); "
+            f"exact permutation test of the difference over the {len(results['seeds'])} + "
+            f"{len(results['seeds'])} runs: p = {e['permutation_p']:.2f}.",
+        ]
     step = results.get("sslhub_step_time_ms")
     if step:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in step.items() if k != "total")
@@ -373,7 +437,7 @@ def parse_args(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="toy sizes (1-2 minutes)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--avx2", action="store_true", help="cap torch and oneDNN at AVX2 (an emulation)")
     parser.add_argument("--out-dir", type=Path, default=HERE, help="where the results files go")
     parser.add_argument(
@@ -458,6 +522,7 @@ def main(argv=None) -> dict:
             )
     results["seconds"] = time.perf_counter() - started
     results["summary"] = summarize(results["runs"])
+    results["equal_epochs"] = equal_epochs(results["runs"])
     first_sslhub = next(r for r in results["runs"] if r["library"] == "sslhub")
     results["sslhub_step_time_ms"] = first_sslhub.get("step_time_ms")
     out = args.out_dir

@@ -74,6 +74,22 @@ def test_time_to_accuracy_reads_the_curves_between_evaluations():
     assert ours["other_seconds_after_own_end"] and not theirs["other_seconds_after_own_end"]
 
 
+def test_equal_epoch_accuracy_is_compared_with_an_exact_permutation_test():
+    from time_to_accuracy import equal_epochs, permutation_p_value
+
+    # 4 + 4 values split 70 ways; fully separated groups: 2 of the 70 splits are as extreme (both signs).
+    assert permutation_p_value([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(2 / 70)
+    assert permutation_p_value([1, 2, 3, 4], [4, 3, 2, 1]) == 1.0
+    runs = [
+        {"library": lib, "curve": [{"knn_top1": 0.1}, {"knn_top1": final}]}
+        for lib, final in [("sslhub", 0.44), ("sslhub", 0.42), ("lightly", 0.45), ("lightly", 0.47)]
+    ]
+    compared = equal_epochs(runs)
+    assert compared["difference"] == pytest.approx(-0.03)
+    assert compared["std"]["lightly"] == pytest.approx(0.02**0.5 / 10)
+    assert compared["permutation_p"] == pytest.approx(2 / 6)  # 2 + 2 values: the observed split and its mirror
+
+
 @pytest.mark.slow
 def test_time_to_accuracy_quick_mode_writes_its_results(tmp_path):
     pytest.importorskip("lightly")
@@ -81,6 +97,9 @@ def test_time_to_accuracy_quick_mode_writes_its_results(tmp_path):
         sys.executable,
         str(ROOT / "bench" / "time_to_accuracy.py"),
         "--quick",
+        "--seeds",
+        "0",
+        "1",
         "--out-dir",
         str(tmp_path),
     )
@@ -104,4 +123,4 @@ def test_step_breakdown_quick_mode_writes_its_results(tmp_path):
         str(tmp_path),
     )
     results = json.loads((tmp_path / "step_breakdown.json").read_text())
-    assert len(results["step"]) == 4 and len(results["views_ahead"]) == 2 and len(results["recipe"]) == 2
+    assert len(results["step"]) == 4 and len(results["views_ahead"]) == 2 and len(results["recipe"]) == 3

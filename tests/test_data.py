@@ -258,3 +258,71 @@ def test_hub_dataset_id_resolves_from_the_offline_cache(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[0] == "20 ['image', 'label'] airplane"
+
+
+def _odd_sized_dataset_with_bad_files():
+    """Images of several sizes and modes (one already 16x16), a truncated file and a text file."""
+    sizes = [(16, 16), (40, 24), (9, 30), (16, 16), (64, 64)]
+    images = [
+        {"bytes": _jpeg_bytes(_png((40 * i, 90, 200 - 30 * i), size=size)), "path": f"good{i}.jpg"}
+        for i, size in enumerate(sizes)
+    ]
+    images.insert(2, {"bytes": images[0]["bytes"][:40], "path": "truncated.jpg"})
+    images.insert(4, {"bytes": b"not an image", "path": "notes.txt"})
+    features = datasets.Features({"image": datasets.Image(decode=False), "label": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({"image": images, "label": list(range(len(images)))}, features=features)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_images_decoded_into_memory_are_the_images_read_each_epoch(num_workers):
+    from sslhub.data import InMemoryUInt8Images, UInt8ImageDataset
+
+    read = UInt8ImageDataset(_odd_sized_dataset_with_bad_files(), 16)
+    rng_before = torch.get_rng_state()
+    in_memory = InMemoryUInt8Images.decode(read, num_workers=num_workers, batch_size=3, progress=False)
+    # The pass leaves the global random stream alone: the model initialized after it is the same.
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert len(in_memory) == len(read) == 7
+    for index in range(len(read)):
+        expected, cached = read[index], in_memory[index]
+        assert cached["pixel_values"].dtype == torch.uint8 and cached["pixel_values"].shape == (3, 16, 16)
+        assert torch.equal(cached["pixel_values"], expected["pixel_values"])
+        # An unreadable file is replaced by the next readable image, and still named in every epoch.
+        assert (cached["label"], cached["unreadable"]) == (expected["label"], expected["unreadable"])
+    assert in_memory[2]["unreadable"] == ["truncated.jpg (sample 2)"] and in_memory[2]["label"] == 3
+    batch = collate([in_memory[i] for i in (4, 2, 0)])
+    assert batch["pixel_values"].shape == (3, 3, 16, 16) and batch["num_skipped"].item() == 2
+
+
+def test_images_go_into_memory_only_where_they_fit(monkeypatch):
+    from types import SimpleNamespace
+
+    from sslhub.data import UInt8ImageDataset
+    from sslhub.training import loader
+
+    images = UInt8ImageDataset(_odd_sized_dataset_with_bad_files(), 16)  # 7 x 3 x 16 x 16 = 5,376 bytes
+    accelerator = SimpleNamespace(num_processes=1)
+    unset, on, off = (SimpleNamespace(cache_images=value) for value in (None, True, False))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(loader, "available_memory_bytes", lambda: 4 * 5376)
+    assert loader.cache_images(unset, images, accelerator)  # a quarter of the available memory: fits
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this machine: a copy each
+    assert not loader.cache_images(unset, images, accelerator)
+    assert loader.cache_images(on, images, accelerator)  # the user's word wins either way
+    monkeypatch.setattr(loader, "available_memory_bytes", lambda: None)  # unknown: do not risk it
+    assert not loader.cache_images(unset, images, accelerator)
+    monkeypatch.setattr(loader, "available_memory_bytes", lambda: 10**12)
+    assert not loader.cache_images(off, images, accelerator)
+    monkeypatch.setattr(loader, "available_memory_bytes", lambda: 5376)  # asked for, but cannot fit: say so
+    with pytest.raises(SystemExit, match="need 0.0 GiB, more than the 0.0 GiB available"):
+        loader.cache_images(on, images, accelerator)
+
+
+def test_available_memory_is_read_from_the_machine():
+    from sslhub.training.loader import available_memory_bytes
+
+    available = available_memory_bytes()
+    if Path("/proc/meminfo").exists():  # Linux: MemAvailable, in bytes
+        assert 2**24 < available < 2**50
+    else:
+        assert available is None or available > 2**24

@@ -104,6 +104,17 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, augmentatio
     _killed_and_resumed_equals_straight(tmp_path, steps, resumed)
 
 
+def test_images_decoded_once_into_memory_train_exactly_as_images_decoded_every_epoch(tmp_path):
+    # 8 steps per epoch: the runs cross an epoch, the in-memory one reading its images a second time.
+    steps = ["--max_steps", "10", "--save_steps", "100", "--batched_augmentation", "true"]
+    for cache in ("true", "false"):
+        result = _run(*steps, "--cache_images", cache, "--output_dir", str(tmp_path / cache))
+        assert ("decoding images into memory" in result.stderr) == (cache == "true")
+    _same_tensors(
+        tmp_path / "true" / "final" / "model.safetensors", tmp_path / "false" / "final" / "model.safetensors"
+    )
+
+
 @pytest.mark.slow
 def test_compiled_run_resumes_exactly(tmp_path):
     steps = ["--max_steps", "20", "--save_steps", "4", "--batched_augmentation", "true", "--compile", "true"]

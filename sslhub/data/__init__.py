@@ -13,6 +13,7 @@ from .batched import BatchedTwoViewAugmentation
 from .decoding import decode_image, to_rgb, try_decode
 from .image_datasets import (
     ImageDataset,
+    InMemoryUInt8Images,
     StreamingTwoViewDataset,
     TwoViewDataset,
     UInt8ImageDataset,
@@ -47,6 +48,7 @@ __all__ = [
     "SAMPLE_DIR",
     "BatchedTwoViewAugmentation",
     "ImageDataset",
+    "InMemoryUInt8Images",
     "OneViewTransform",
     "StreamingTwoViewDataset",
     "TwoViewDataset",

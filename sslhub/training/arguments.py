@@ -52,6 +52,11 @@ class TrainingArguments:
     batched_augmentation: bool = setting(
         False, "make the two views of a whole batch on the training device (equal-sized images)"
     )
+    cache_images: bool | None = setting(
+        None,
+        "batched_augmentation: decode the images once into memory instead of every epoch; unset: when "
+        "this machine's processes' copies take at most a quarter of its available memory",
+    )
     # kNN monitor on a labelled held-out split
     knn_steps: int = setting(
         0, "kNN accuracy every N optimizer steps, before training and at the end; 0: off"
@@ -155,6 +160,8 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.streaming and self.max_steps is None:
             raise ValueError("a streamed dataset has no known length: set max_steps")
+        if self.cache_images and not self.batched_augmentation:
+            raise ValueError("cache_images keeps the uint8 images of batched_augmentation: set both")
         if self.streaming and self.batched_augmentation:
             raise ValueError(
                 "batched_augmentation needs a map-style dataset: drop streaming or batched_augmentation"

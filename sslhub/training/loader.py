@@ -4,6 +4,8 @@ micro-batches in order, resumable mid-epoch, and their views made ahead of the s
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..data import (
     BatchedTwoViewAugmentation,
+    InMemoryUInt8Images,
     TwoViewDataset,
     UInt8ImageDataset,
     collate,
@@ -57,6 +60,15 @@ def pretraining_loader(
                 "error: batched_augmentation needs a map-style dataset and a MoCo preset (v1/v2/v3)"
             )
         images = UInt8ImageDataset(dataset, image_size)
+        if cache_images(args, images, accelerator):
+            started = time.perf_counter()
+            images = InMemoryUInt8Images.decode(
+                images, args.num_workers, progress=accelerator.is_local_main_process
+            )
+            accelerator.print(
+                f"{len(images):,} images decoded into memory ({images.pixel_values.nbytes / 2**20:,.0f} MB) in "
+                f"{time.perf_counter() - started:.1f} s; --cache_images false decodes them every epoch instead"
+            )
     else:
         if augmentation == "crop_flip":
             transform = crop_flip_transform(image_size, mean, std, min_scale=min_scale)
@@ -78,18 +90,49 @@ def pretraining_loader(
             )
         images = TwoViewDataset(dataset, transform, seed=args.seed)
     # drop_last: every process gathers equal-sized key batches into the queue. Workers that only decode
-    # (batched augmentation) need no epoch, so they persist; per-image views are seeded per epoch.
+    # (batched augmentation) need no epoch, so they persist; per-image views are seeded per epoch. Images in
+    # memory need no workers: a batch is an index into one tensor.
+    num_workers = 0 if isinstance(images, InMemoryUInt8Images) else args.num_workers
     loader = DataLoader(
         images,
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
         collate_fn=collate,
-        num_workers=args.num_workers,
-        persistent_workers=args.batched_augmentation and args.num_workers > 0,
+        num_workers=num_workers,
+        persistent_workers=args.batched_augmentation and num_workers > 0,
         pin_memory=args.batched_augmentation and accelerator.device.type == "cuda",
     )
     return accelerator.prepare(loader, device_placement=[not args.batched_augmentation])
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this machine can still give without swapping (Linux `MemAvailable`), else its free pages;
+    None where neither is known."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as lines:
+        for line in lines:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def cache_images(args, images: UInt8ImageDataset, accelerator: Accelerator) -> bool:
+    """Whether to decode the images once into memory (`InMemoryUInt8Images`): `args.cache_images`, or unset,
+    when the copies of every process on this machine take at most a quarter of its available memory."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    needed = len(images) * 3 * images.size**2 * local_processes
+    available = available_memory_bytes()
+    if args.cache_images is None:
+        return available is not None and needed <= available / 4
+    if args.cache_images and available is not None and needed > available:
+        raise SystemExit(
+            f"error: cache_images: the decoded images of this machine's {local_processes} process(es) need "
+            f"{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available; "
+            "drop --cache_images true (unset, it decides by itself)"
+        )
+    return args.cache_images
 
 
 class TwoViews:
