@@ -87,7 +87,9 @@ def test_equal_epoch_accuracy_is_compared_with_an_exact_permutation_test():
     compared = equal_epochs(runs)
     assert compared["difference"] == pytest.approx(-0.03)
     assert compared["std"]["lightly"] == pytest.approx(0.02**0.5 / 10)
-    assert compared["permutation_p"] == pytest.approx(2 / 6)  # 2 + 2 values: the observed split and its mirror
+    assert compared["permutation_p"] == pytest.approx(
+        2 / 6
+    )  # 2 + 2 values: the observed split and its mirror
 
 
 @pytest.mark.slow
