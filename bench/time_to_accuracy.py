@@ -78,9 +78,7 @@ class Protocol:
     projector_hidden: int = 512
     shuffle_bn_splits: int = 1  # equal settings: lightly's one-process example has no BatchNorm sub-batches
     precision: str = "fp32"  # or "bf16" (autocast)
-    sslhub_workers: int = (
-        1  # they decode the images into memory once; the views are made in the training process
-    )
+    sslhub_workers: int = 1  # they decode the images into memory once; views are made in the step
     lightly_workers: int = 2  # PIL views per image: one worker per core
 
     @property
