@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from sslhub import StudentConfig, StudentForDistillation
 from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
 from sslhub.evaluation import cached_tensors, extract_features
+from sslhub.hub import portable_path
 from sslhub.models.configuration_common import check_choice, check_positive
 from sslhub.models.modeling_common import EMBEDDINGS
 from sslhub.training import (
@@ -129,16 +130,17 @@ PAPERS = {
 def student_config(args: DistillArguments, teacher_dim: int) -> StudentConfig:
     """The student's config: the `model` section (over the `init_from` student's config) with the teacher's
     embedding width and name."""
+    teacher_name = portable_path(args.teacher)  # provenance a reader can use, without this machine's folders
     try:
         if args.init_from:
-            config = StudentConfig.from_pretrained(args.init_from, **args.model, teacher_name=args.teacher)
+            config = StudentConfig.from_pretrained(args.init_from, **args.model, teacher_name=teacher_name)
             if teacher_dim != 1 and config.teacher_dim != teacher_dim:
                 raise SystemExit(
                     f"error: the student in {args.init_from} matches {config.teacher_dim}-d teacher embeddings, "
                     f"the teacher {args.teacher} gives {teacher_dim}-d ones"
                 )
             return config
-        return StudentConfig(**args.model, teacher_dim=teacher_dim, teacher_name=args.teacher)
+        return StudentConfig(**args.model, teacher_dim=teacher_dim, teacher_name=teacher_name)
     except ValueError as error:
         raise SystemExit(f"error: model.{error}") from None
 

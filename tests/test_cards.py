@@ -1,6 +1,7 @@
 """Model cards: metadata and prose from the template, merging evaluation results, checking them."""
 
 import shutil
+import sys
 
 import pytest
 from huggingface_hub import ModelCard
@@ -206,3 +207,47 @@ def test_existing_local_folder_is_not_a_hub_id(tmp_path, monkeypatch):
     (tmp_path / "runs" / "teacher").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert not cards._is_hub_id("runs/teacher")
+
+
+# ------------------------------------------------------------------- paths a card's reader can use
+
+
+def test_portable_path_hides_the_publishers_folders(tmp_path, monkeypatch):
+    project, home = tmp_path / "home" / "ada" / "project", tmp_path / "home" / "ada"
+    project.mkdir(parents=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("HOME", str(home))
+    assert cards.portable_path(str(project / "outputs" / "run" / "final")) == "outputs/run/final"
+    assert cards.portable_path(str(project)) == "."
+    assert cards.portable_path(str(home / "data" / "cifar")) == "~/data/cifar"
+    elsewhere = str(tmp_path / "scratch" / "teacher")
+    assert cards.portable_path(elsewhere) == elsewhere
+    for kept in ("sslhub/moco-v2-resnet50", "timm:resnet50", "runs/teacher"):
+        assert cards.portable_path(kept) == kept
+
+
+def test_reproduce_command_is_quoted_and_relative_to_the_project(tmp_path, monkeypatch):
+    import shlex
+
+    from sslhub.training.final import command_line
+
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        str(tmp_path / "recipes" / "distill.py"),
+        "--teacher", str(tmp_path / "runs" / "teacher" / "final"),
+        "--output_dir=" + str(tmp_path / "runs" / "student"),
+        "--model.image_mean", "[0.4914, 0.4822, 0.4465]",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    assert shlex.split(command_line()) == [
+        "accelerate", "launch", "recipes/distill.py", "--teacher", "runs/teacher/final",
+        "--output_dir=runs/student", "--model.image_mean", "[0.4914, 0.4822, 0.4465]",
+    ]  # fmt: skip
+
+
+def test_card_names_a_local_teacher_inside_the_project_by_its_relative_path(tmp_path, monkeypatch):
+    teacher = tmp_path / "runs" / "teacher"
+    teacher.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    card, raw = _card(_student_folder(tmp_path), base_model=str(teacher))
+    assert "| Teacher | `runs/teacher` |" in raw and str(tmp_path) not in raw

@@ -8,10 +8,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from bench.claims.common import held, linear_flags, summarize
+from bench.claims.common import HELD_OUT, SPLIT_FOLDER, card_entry, held, linear_flags, ship_card, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -29,6 +30,32 @@ def test_summary_and_verdicts():
     assert held(0.0) == held(-0.02, spread=0.01, seeds=3) == "no"
     # the linear protocol's epochs: 100 on a few labels, fewer (at least 30) on many
     assert linear_flags(400)[:2] == ["--epochs", 100] and linear_flags(40_000)[:2] == ["--epochs", 30]
+
+
+def test_shipped_card_names_the_held_out_split_one_way(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from sslhub import StudentConfig, StudentModel
+    from sslhub.hub import write_model_card
+
+    folder = tmp_path / "final"
+    config = StudentConfig(backbone="test_resnet", loss="mse", teacher_dim=16, image_size=32)
+    StudentModel(config).save_pretrained(folder)
+    # As a recipe writes it: the claims' data named by its folder, whose `test` split is the held-out one.
+    local = {**card_entry("fine-tuning top-1", 0.88), "dataset_name": SPLIT_FOLDER, "dataset_split": "test"}
+    local["dataset_type"] = SPLIT_FOLDER
+    write_model_card(folder, model_name="m", family="supervised", paper=None, eval_results=[local])
+    ship_card(SimpleNamespace(smoke=True), folder, "shipped", [card_entry("kNN top-1 (k=200, T=0.1)", 0.4)])
+    card = ModelCard.load(folder / "README.md")
+    results = {
+        (r.dataset_name, r.dataset_split, r.metric_name, r.metric_value) for r in card.data.eval_results
+    }
+    assert results == {
+        (HELD_OUT, "train, held-out 10k", "fine-tuning top-1", 0.88),
+        (HELD_OUT, "train, held-out 10k", "kNN top-1 (k=200, T=0.1)", 0.4),
+    }
+    assert SPLIT_FOLDER not in card.text and card.data.model_name == "shipped"
+    assert "self-supervised-learning" not in card.data.tags  # trained from random init on labels
 
 
 def _run(name: str, tmp_path: Path, *flags: str) -> tuple[dict, str, Path]:
@@ -86,6 +113,7 @@ def test_new_categories_smoke(tmp_path):
     # The coarse model is a 2-class classifier whose card holds its scores on the fine classes.
     (card,) = work.glob("runs/supervised-*-coarse-*/final/README.md")
     assert "classes bird/cat/deer/dog/frog/horse" in card.read_text()
+    assert "self-supervised-learning" not in card.read_text().split("---")[1]  # supervised from random init
     config = json.loads((card.parent / "config.json").read_text())
     assert config["id2label"] == {"0": "vehicle", "1": "animal"}
 
@@ -106,7 +134,7 @@ def test_capacity_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_compression_smoke(tmp_path):
-    results, report, _ = _run("compression", tmp_path, "--seeds", "0,1")
+    results, report, work = _run("compression", tmp_path, "--seeds", "0,1")
     table = results["knn"]
     assert set(table) == {"moco", "seed", "compress_1q", "compress_2q", "cluster", "mse", "kl"}
     winner = results["winner"]
@@ -115,3 +143,9 @@ def test_compression_smoke(tmp_path):
     assert all(_is_accuracy(v) for row in table.values() for v in row["values"])
     assert _is_accuracy(results["teacher"]["knn"])
     assert results["teacher"]["kl_teacher"].endswith("final")
+    # The shipped student's card holds its own numbers (seed 0), not the mean over seeds.
+    (card,) = work.glob(f"runs/student-*-{winner}-*-s0/final/README.md")
+    from huggingface_hub import ModelCard
+
+    scores = {r.metric_name: r.metric_value for r in ModelCard.load(card).data.eval_results}
+    assert scores["kNN top-1 (k=200, T=0.1)"] == round(table[winner]["values"][0], 4)

@@ -250,3 +250,17 @@ def test_unset_cluster_count_follows_the_dataset_size(tmp_path):
     )
     assert "cluster: 2 k-means clusters for 128 images" in result.stdout
     assert json.loads((tmp_path / "final" / "config.json").read_text())["num_clusters"] == 2
+
+
+def test_a_teacher_inside_the_project_is_named_by_its_relative_path(tmp_path, monkeypatch):
+    """The config (published with the student) names the teacher as a reader can use it, not by this
+    machine's absolute path."""
+    sys.path.insert(0, str(RECIPE.parent))
+    try:
+        from distill import DistillArguments, student_config
+    finally:
+        sys.path.pop(0)
+    monkeypatch.chdir(tmp_path)
+    teacher = tmp_path / "runs" / "teacher" / "final"
+    args = parse_args(DistillArguments, ["--teacher", str(teacher), "--model.backbone", "test_resnet"])
+    assert student_config(args, 128).teacher_name == "runs/teacher/final"

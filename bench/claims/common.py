@@ -36,6 +36,7 @@ from bench.common import machine_info  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = "[0.4914, 0.4822, 0.4465]", "[0.2470, 0.2435, 0.2616]"
 HELD_OUT = "CIFAR-10 (10,000 held-out images of the train split)"  # how model cards name the test set
+SPLIT_FOLDER = "cifar10-split"  # the claims' data folder: its `test` split is the held-out one
 
 # MoCo v2 pre-training, as in the demo (recipes/configs/demo.yaml: batch 256, lr 0.06 per 256, wd 5e-4,
 # queue 4096, T 0.2, m 0.99, batched augmentation at 32x32). The full budget's MoCo v2 resnet10t is the one
@@ -134,7 +135,7 @@ def training_data(claim: Claim) -> str:
     40,000 training and 10,000 held-out images by `bench/cifar10_split.py` (full)."""
     if claim.smoke:
         return "sample"
-    return str(split_cifar10(claim.workdir / "data" / "cifar10-split"))
+    return str(split_cifar10(claim.workdir / "data" / SPLIT_FOLDER))
 
 
 def parameters(backbone: str) -> int:
@@ -427,9 +428,27 @@ def report_header(claim: Claim, title: str, runs: Runs) -> list[str]:
 
 def ship_card(claim: Claim, folder: Path, name: str, entries: list[dict]) -> None:
     """Merge `entries` into the card of a model folder, named `name` (the name the zoo lists it by); for the
-    full budget, copy it to model_cards/NAME.md."""
+    full budget, copy it to model_cards/NAME.md.
+
+    A recipe names the claims' data by its folder (`cifar10-split`, split `test`): those results are the
+    held-out split's, and are renamed as `card_entry` names it, so that a card has one dataset for them.
+    """
+    from huggingface_hub import ModelCard
+
     from sslhub.hub import update_card_eval_results
 
+    readme = Path(folder) / "README.md"
+    if readme.is_file():
+        card = ModelCard.load(readme)
+        local = [
+            r
+            for r in card.data.eval_results or []
+            if r.dataset_type == SPLIT_FOLDER and r.dataset_split == "test"
+        ]
+        if local:
+            card.data.eval_results = [r for r in card.data.eval_results if r not in local]
+            card.save(readme)
+            entries = [card_entry(r.metric_name or r.metric_type, r.metric_value) for r in local] + entries
     update_card_eval_results(folder, entries, model_name=name)
     if not claim.smoke:
         shutil.copyfile(folder / "README.md", ROOT / "model_cards" / f"{name}.md")

@@ -18,6 +18,7 @@ from .cards import (
     REPO_ID_PLACEHOLDER,
     TEMPLATE_PATH,
     merge_eval_results,
+    portable_path,
     update_card_eval_results,
     write_model_card,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "markdown_table",
     "merge_eval_results",
     "moco_checkpoint_to_model",
+    "portable_path",
     "push_to_hub",
     "read_checkpoint",
     "remote_code_files",

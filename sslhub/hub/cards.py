@@ -93,9 +93,23 @@ def _is_hub_id(name: str | None) -> bool:
     return True
 
 
+def portable_path(value: str) -> str:
+    """`value` as a reader of a published card can use it: an absolute path inside the working directory
+    relative to it, one inside the home folder as `~/...` (no user name, no machine layout); anything else
+    (Hub ids, `timm:<name>`, relative paths, other absolute paths) as it is."""
+    if not os.path.isabs(value):
+        return value
+    path = Path(value)
+    for root, prefix in ((Path.cwd(), "."), (Path.home(), "~")):
+        if root != Path(root.anchor) and (path == root or root in path.parents):  # not a home of "/"
+            relative = os.path.relpath(path, root)
+            return relative if prefix == "." else f"~/{relative}" if relative != "." else "~"
+    return value
+
+
 def _model_link(name: str) -> str:
     """A Hub id as a link to its page; anything else (a local path, `timm:<name>`) as code."""
-    return f"[`{name}`](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`"
+    return f"[`{name}`](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{portable_path(name)}`"
 
 
 def _lineage(config: PretrainedConfig, base_model: str | None, relation: str | None) -> dict | None:
@@ -234,7 +248,8 @@ def write_model_card(
         )
     on_hub = _is_hub_id(base_model)
     results = merge_eval_results([], eval_results)
-    tags = ["sslhub", "self-supervised-learning", "image-feature-extraction", "timm"]
+    supervised = family.lower().startswith("supervised")  # trained from random init on labels only
+    tags = ["sslhub", *([] if supervised else ["self-supervised-learning"]), "image-feature-extraction", "timm"]
     slug = re.sub(r"[^a-z0-9]+", "-", family.lower()).strip("-")
     tags += [t for t in dict.fromkeys([slug.split("-")[0], slug]) if t and t not in tags]
     card_data = ModelCardData(

@@ -4,6 +4,7 @@ checked to load back identically, reported, and pushed on request."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,20 @@ def save_final_model(model: nn.Module, output_dir: str | Path, card: dict[str, A
 
 
 def command_line() -> str:
-    """The command that started this process, for model cards."""
-    return " ".join(["accelerate launch", *sys.argv]) if sys.argv else ""
+    """The command that started this process, for model cards: quoted for a shell, with absolute paths
+    inside the working directory (or the home folder) written as a reader can use them (`portable_path`)."""
+    from ..hub.cards import portable_path
+
+    if not sys.argv:
+        return ""
+    words = []
+    for word in sys.argv:
+        name, equals, value = word.partition("=")
+        if equals and name.startswith("--"):
+            words.append(f"{name}={portable_path(value)}")
+        else:
+            words.append(portable_path(word))
+    return shlex.join(["accelerate", "launch", *words])
 
 
 def report_final_folder(final: Path, metrics: dict[str, Any]) -> str:
