@@ -365,6 +365,8 @@ def render(results: dict) -> str:
     def seconds(value: float | None) -> str:
         return "never" if value is None else f"{value:.0f} s"
 
+    runs_minutes = sum(r["process_seconds"] for r in results["runs"]) / 60  # reused runs included
+    dates = [r.get("date", "?") for r in results["runs"]]
     lines = [
         "# Time to accuracy: sslhub vs lightly, MoCo v2",
         "",
@@ -374,7 +376,8 @@ def render(results: dict) -> str:
         + (" (toy sizes, to check the script; not a benchmark: run it without `--quick`)" if quick else ""),
         f"- Machine: {describe_machine(m)}",
         f"- Versions: torch {m['torch']}, timm {m['timm']}, lightly {m['lightly']}, Python {m['python']}; "
-        f"date {m['date']}; the run took {results['seconds'] / 60:.1f} min",
+        f"date {m['date']}; the runs took {runs_minutes:.0f} min of this machine (their processes, kNN "
+        f"evaluations included), ending from {min(dates)} to {max(dates)}",
         f"- Protocol: timm `{p['backbone']}` at {p['image_size']}x{p['image_size']}, projector "
         f"{p['projector_hidden']} -> 128, queue {p['queue_size']}, T {p['temperature']}, m {p['momentum']}, "
         f"SGD lr {p['lr']} x {p['batch_size']} / 256 (cosine), momentum 0.9, wd {p['weight_decay']}, batch "

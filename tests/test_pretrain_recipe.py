@@ -122,7 +122,18 @@ def test_compiled_run_resumes_exactly(tmp_path):
 
 
 def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
-    _run("--max_steps", "3", "--save_steps", "100", "--output_dir", str(tmp_path), "--save_total_limit", "1")
+    monitor = ["--knn_steps", "2", "--knn_eval_split", "test[256:384]"]  # before, at step 2 and at the end
+    _run(
+        "--max_steps",
+        "3",
+        "--save_steps",
+        "100",
+        "--output_dir",
+        str(tmp_path),
+        "--save_total_limit",
+        "1",
+        *monitor,
+    )
     final = tmp_path / "final"
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
         p.name for p in final.iterdir()
@@ -138,11 +149,14 @@ def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
     assert type(model).__name__ == "MoCoModel" and model.config.backbone == "test_resnet"
     assert AutoImageProcessor.from_pretrained(final).crop_size == {"height": 32, "width": 32}
     assert "accelerate launch" in (final / "README.md").read_text()
-    # Where a step's time went, in milliseconds per step: the parts add up to the wall time.
+    # Where a step's time went, in milliseconds per step: the parts add up to the wall time; the kNN monitor
+    # and the checkpoint are parts of their own, not inside the logging step's time.
     times = json.loads((tmp_path / "metrics.json").read_text())["step_time_ms"]
-    parts = ["data", "augmentation", "forward_backward", "optimizer", "momentum", "logging", "other"]
+    parts = ["data", "augmentation", "forward_backward", "optimizer", "momentum", "logging", "checkpoint"]
+    parts += ["evaluation", "other"]
     assert list(times) == [*parts, "total"] and times["forward_backward"] > 0
     assert sum(times[p] for p in parts) == pytest.approx(times["total"], rel=1e-3)
+    assert times["evaluation"] > times["logging"] and times["checkpoint"] > 0
 
 
 def test_nan_loss_stops_the_run_without_saving_it(tmp_path):

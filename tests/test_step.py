@@ -52,6 +52,24 @@ def test_a_read_inside_a_part_splits_it_so_each_read_adds_up():
     assert second["other"] < 0.01
 
 
+def test_a_part_inside_another_counts_for_the_inner_part_only():
+    """The kNN monitor runs inside the logging step: its time is "evaluation", not "logging" too."""
+    times = StepTimes(torch.device("cpu"))
+    with times("logging"):
+        time.sleep(0.01)
+        with times("evaluation"):
+            time.sleep(0.2)
+        time.sleep(0.01)
+        inside = times.read()  # the logging step reads from inside its part: after the evaluation
+        time.sleep(0.01)
+    after = times.read()
+    assert 0.02 <= inside["logging"] < 0.1 and inside["evaluation"] >= 0.2  # with it, logging would be 0.22
+    assert after["evaluation"] == 0.0 and after["logging"] >= 0.01
+    for seconds in (inside, after):
+        parts = sum(v for k, v in seconds.items() if k != "total")
+        assert seconds["total"] == pytest.approx(parts, rel=1e-6)
+
+
 def test_step_times_time_the_wait_for_each_item():
     times = StepTimes(torch.device("cpu"))
 

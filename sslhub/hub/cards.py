@@ -248,8 +248,9 @@ def write_model_card(
         )
     on_hub = _is_hub_id(base_model)
     results = merge_eval_results([], eval_results)
-    supervised = family.lower().startswith("supervised")  # trained from random init on labels only
-    tags = ["sslhub", *([] if supervised else ["self-supervised-learning"]), "image-feature-extraction", "timm"]
+    tags = ["sslhub", "self-supervised-learning", "image-feature-extraction", "timm"]
+    if family.lower().startswith("supervised"):  # trained from random init on labels only
+        tags.remove("self-supervised-learning")
     slug = re.sub(r"[^a-z0-9]+", "-", family.lower()).strip("-")
     tags += [t for t in dict.fromkeys([slug.split("-")[0], slug]) if t and t not in tags]
     card_data = ModelCardData(

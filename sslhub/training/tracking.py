@@ -84,9 +84,20 @@ class Throughput:
 
 # The parts of a training step, in the order the progress bar shows them (a recipe times those it has);
 # "other" is the rest of the wall time (the loop itself, learning-rate setting, bookkeeping).
-STEP_PARTS = ("data", "augmentation", "forward_backward", "optimizer", "momentum", "logging")
+STEP_PARTS = (
+    "data", "augmentation", "forward_backward", "optimizer", "momentum", "logging", "checkpoint", "evaluation"
+)  # fmt: skip
 _END = object()
-_SHORT_NAMES = {"augmentation": "aug", "forward_backward": "fwd+bwd", "optimizer": "opt", "momentum": "mom"}
+_SHORT_NAMES = {
+    "augmentation": "aug", "forward_backward": "fwd+bwd", "optimizer": "opt", "momentum": "mom", "checkpoint": "ckpt",
+    "evaluation": "eval",
+}  # fmt: skip
+
+
+def _part_order(part: str) -> int:
+    """Where a part goes in a breakdown: `STEP_PARTS` in order, then any other part, then other and total."""
+    order = (*STEP_PARTS, None, "other", "total")  # None: a part a recipe adds
+    return order.index(part if part in order else None)
 
 
 class StepTimes:
@@ -112,25 +123,37 @@ class StepTimes:
 
     @contextmanager
     def __call__(self, part: str):
-        """Add the time spent inside to `part`."""
+        """Add the time spent inside to `part`. A part timed inside another one counts for the inner part
+        only: the outer one is suspended meanwhile (e.g. the kNN monitor inside the logging step)."""
         self._parts.setdefault(part)
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-            self._open[part] = start
-            try:
-                yield
-            finally:
-                end = torch.cuda.Event(enable_timing=True)
-                end.record()
-                self._events.append((part, self._open.pop(part), end))
-            return
-        self._open[part] = time.perf_counter()
+        outer = next(reversed(self._open), None)  # the innermost running part, if any
+        start = self._mark()
+        if outer is not None:
+            self._close(outer, start)
+        self._open[part] = start
         try:
             yield
         finally:
-            started = self._open.pop(part)
-            self._seconds[part] = self._seconds.get(part, 0.0) + time.perf_counter() - started
+            end = self._mark()
+            self._close(part, end)
+            if outer is not None:
+                self._open[outer] = end
+
+    def _mark(self):
+        """Now: a CUDA event recorded on the current stream, or `perf_counter` on other devices."""
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _close(self, part: str, end) -> None:
+        """End the running span of `part` at `end` (a `_mark`), adding it to the part's time."""
+        start = self._open.pop(part)
+        if self.cuda:
+            self._events.append((part, start, end))
+        else:
+            self._seconds[part] = self._seconds.get(part, 0.0) + end - start
 
     def iterate(self, iterable: Iterable, part: str = "data") -> Iterator:
         """The items of `iterable`, the wait for each added to `part`."""
@@ -148,21 +171,15 @@ class StepTimes:
         A part still open (a read from inside it, e.g. the logging step) is split at the read: its time so
         far counts here, the rest in the next read."""
         now = time.perf_counter()
-        for part, started in list(self._open.items()):
-            if self.cuda:
-                split = torch.cuda.Event(enable_timing=True)
-                split.record()
-                self._events.append((part, started, split))
-                self._open[part] = split
-            else:
-                self._seconds[part] = self._seconds.get(part, 0.0) + now - started
-                self._open[part] = now
+        for part in list(self._open):  # the running part (suspended outer ones hold no open span)
+            split = now if not self.cuda else self._mark()
+            self._close(part, split)
+            self._open[part] = split
         if self._events:
             self._events[-1][2].synchronize()
             for part, start, end in self._events:
                 self._seconds[part] = self._seconds.get(part, 0.0) + start.elapsed_time(end) / 1e3
-        order = sorted(self._parts, key=lambda p: STEP_PARTS.index(p) if p in STEP_PARTS else len(STEP_PARTS))
-        seconds = {part: self._seconds.get(part, 0.0) for part in order}
+        seconds = {part: self._seconds.get(part, 0.0) for part in sorted(self._parts, key=_part_order)}
         total = now - self._start
         seconds["other"] = max(total - sum(seconds.values()), 0.0)
         seconds["total"] = total
@@ -220,13 +237,11 @@ class RunLogger:
     ) -> None:
         self.accelerator, self.args, self.length, self.checkpointer = accelerator, args, length, checkpointer
         self.state = checkpointer.state
-        self._watch, self._throughput = LossWatch(accelerator.device), Throughput()
-        self.timed = StepTimes(accelerator.device)  # `with logger.timed("data"): ...` in the recipe
+        self._watch = LossWatch(accelerator.device)
         self._step_seconds: dict[str, float] = {}  # per part, summed over the logged intervals
         self._steps_timed = 0
         self._last_logged_step = self.state.step
         self._unreadable = set(self.state.unreadable)  # names of unreadable files, this process
-        self._started = time.perf_counter()
         accelerator.init_trackers(
             name.replace("-", "_"),
             config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
@@ -238,6 +253,9 @@ class RunLogger:
             dynamic_ncols=True,
             disable=not accelerator.is_main_process,
         )
+        # Clocks start after the trackers have (seconds for some): they time the training loop only.
+        self.timed = StepTimes(accelerator.device)  # `with logger.timed("data"): ...` in the recipe
+        self._throughput, self._started = Throughput(), time.perf_counter()
 
     def update(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
         """Account for one micro-batch: its loss (kept on the device), images and unreadable files."""
@@ -293,11 +311,13 @@ class RunLogger:
         self.accelerator.log(values, step=step)
 
     @contextmanager
-    def paused(self):
-        """Time spent inside (kNN monitor, checkpoints) does not count as training throughput."""
+    def paused(self, part: str):
+        """Time spent inside (the kNN monitor, a checkpoint) is no training throughput: it counts only as
+        its own `part` of the step times ("evaluation", "checkpoint"), not in the part around it."""
         started = time.perf_counter()
         try:
-            yield
+            with self.timed(part):
+                yield
         finally:
             self._throughput.start += time.perf_counter() - started
 
@@ -328,9 +348,9 @@ class RunLogger:
             "epochs": round(steps / self.length.steps_per_epoch, 2),
             "train_seconds": round(time.perf_counter() - self._started, 1),
             "images_per_second": round(self._throughput.overall(), 1),
-            "step_time_ms": {
-                part: round(1e3 * value / max(self._steps_timed, 1), 2)
-                for part, value in self._step_seconds.items()
+            "step_time_ms": {  # parts in `STEP_PARTS` order, as a read gives them (some appear only later)
+                part: round(1e3 * self._step_seconds[part] / max(self._steps_timed, 1), 2)
+                for part in sorted(self._step_seconds, key=_part_order)
             },
             "peak_memory_mb": round(peak_memory_mb(self.accelerator.device)),
             "skipped_images": len(unreadable),
