@@ -89,8 +89,8 @@ STEP_PARTS = (
 )  # fmt: skip
 _END = object()
 _SHORT_NAMES = {
-    "augmentation": "aug", "forward_backward": "fwd+bwd", "optimizer": "opt", "momentum": "mom", "checkpoint": "ckpt",
-    "evaluation": "eval",
+    "augmentation": "aug", "forward_backward": "fwd+bwd", "optimizer": "opt", "momentum": "mom",
+    "checkpoint": "ckpt", "evaluation": "eval",
 }  # fmt: skip
 
 
