@@ -417,6 +417,10 @@ def render(results: dict) -> str:
     if step:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in step.items() if k != "total")
         lines += ["", f"sslhub's step, ms per step (metrics.json `step_time_ms`, seed 0): {parts}."]
+        if "evaluation" not in step:  # recorded before the kNN monitor was timed apart from logging
+            lines[-1] += (
+                " Its logging part includes the kNN evaluations (a run recorded before they were timed apart)."
+            )
     return "\n".join(lines) + "\n"
 
 
