@@ -112,6 +112,8 @@ class InMemoryUInt8Images(Dataset):
         pixel_values: (N, 3, S, S) uint8, in dataset order.
         labels: (N,) labels, or None.
         unreadable: index -> names of the unreadable files its image replaced.
+        dataset: the rows they were decoded from, as `UInt8ImageDataset.dataset` (for what needs the
+            images again, e.g. the teacher's embeddings of the un-augmented images in `recipes/distill.py`).
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class InMemoryUInt8Images(Dataset):
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         unreadable: dict[int, list[str]] | None = None,
+        dataset: datasets.Dataset | None = None,
     ) -> None:
         self.pixel_values, self.labels, self.unreadable = pixel_values, labels, unreadable or {}
+        self.dataset = dataset
 
     @classmethod
     def decode(
@@ -153,7 +157,7 @@ class InMemoryUInt8Images(Dataset):
                     if names:
                         unreadable[i] = names
                 bar.update(len(index))
-        return cls(pixel_values, labels, unreadable)
+        return cls(pixel_values, labels, unreadable, dataset=images.dataset)
 
     def __len__(self) -> int:
         return len(self.pixel_values)
