@@ -93,26 +93,52 @@ def _apply_where(x: torch.Tensor, chosen: torch.Tensor, operation, *per_image: t
     return torch.where(chosen[:, None, None, None], operation(x, *per_image), x)
 
 
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, PIL's grayscale weights
+
+
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (N, 1, H, W), ITU-R 601
+    return _LUMA[0] * x[:, 0:1] + _LUMA[1] * x[:, 1:2] + _LUMA[2] * x[:, 2:3]  # (N, 1, H, W)
 
 
 def _per_image(factor: torch.Tensor) -> torch.Tensor:
     return factor[:, None, None, None]  # (N, 1, 1, 1)
 
 
-def _adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (x * _per_image(factor)).clamp(0, 1)
+def _adjust_linear(
+    x: torch.Tensor,
+    kind: torch.Tensor,
+    brightness: torch.Tensor | None,
+    contrast: torch.Tensor | None,
+    saturation: torch.Tensor | None,
+) -> torch.Tensor:
+    """Brightness, contrast or saturation, whichever `kind` (N,) names per image (0, 1, 2; other values
+    leave the image unchanged), as one per-image colour transform `clamp(A x + b, 0, 1)`.
 
-
-def _adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * _per_image(factor) + mean).clamp(0, 1)
-
-
-def _adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    gray = _grayscale(x)
-    return ((x - gray) * _per_image(factor) + gray).clamp(0, 1)
+    torchvision blends each image with another and clamps: brightness with black (A = f I), contrast with
+    its mean grey level m (A = f I, b = (1 - f) m), saturation with its own grey image (A = f I + (1 - f) 1 w^T,
+    w the luma weights). An image left unchanged gets A = I, b = 0: exactly itself. One batched matrix
+    product over the whole batch, the same on every device, instead of a pass per adjustment.
+    """
+    n, device = len(x), x.device
+    scale = torch.ones(n, device=device, dtype=x.dtype)  # f on the diagonal
+    grey_weight = torch.zeros(n, device=device, dtype=x.dtype)  # 1 - f of the grey image
+    offset = torch.zeros(n, device=device, dtype=x.dtype)  # (1 - f) m
+    luma = torch.tensor(_LUMA, device=device, dtype=x.dtype)
+    if brightness is not None:
+        scale = torch.where(kind == 0, brightness, scale)
+    if contrast is not None:
+        chosen = kind == 1
+        scale = torch.where(chosen, contrast, scale)
+        offset = torch.where(chosen, (1 - contrast) * (x.mean(dim=(2, 3)) @ luma), offset)
+    if saturation is not None:
+        chosen = kind == 2
+        scale = torch.where(chosen, saturation, scale)
+        grey_weight = torch.where(chosen, 1 - saturation, grey_weight)
+    eye = torch.eye(3, device=device, dtype=x.dtype)
+    matrix = scale[:, None, None] * eye + grey_weight[:, None, None] * luma  # (N, 3, 3): rows f e_c + (1 - f) w
+    pixels = x.reshape(n, 3, -1)  # (N, 3, H*W)
+    out = torch.baddbmm(offset[:, None, None].expand(n, 3, 1), matrix, pixels)
+    return out.clamp_(0, 1).view(x.shape)
 
 
 def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -139,8 +165,8 @@ def _adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack(channels, dim=1).clamp_(0, 1)  # (N, 3, H, W)
 
 
-# In the order of torchvision's `ColorJitter` (its `fn_idx`): 0 brightness, 1 contrast, 2 saturation, 3 hue.
-_ADJUSTMENTS = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
+_HUE = 3  # the adjustments' indices, in the order of torchvision's `ColorJitter` (its `fn_idx`):
+# 0 brightness, 1 contrast, 2 saturation, 3 hue
 
 
 def color_jitter(
@@ -166,14 +192,17 @@ def color_jitter(
     """
     if order is None:
         order = torch.arange(4, device=x.device).expand(len(x), 4)
-    factors = (brightness, contrast, saturation, hue)
-    x = x.clone()
-    # Round by round, each adjustment runs on the images that apply it in that round: 4 batched calls per
-    # round on disjoint subsets (on the CPU, the work of one pass over the batch per adjustment).
+    linear = any(factor is not None for factor in (brightness, contrast, saturation))
+    if not linear:
+        x = x.clone()  # the hue is shifted in place on the CPU
+    # Round by round, each image gets the adjustment its order names there: the linear ones in one
+    # colour transform of the whole batch, the hue on the images that shift it in that round.
     for step in range(order.shape[1]):
-        for index, (adjust, factor) in enumerate(zip(_ADJUSTMENTS, factors, strict=True)):
-            if factor is not None:
-                x = _apply_where(x, order[:, step] == index, adjust, factor)
+        kind = order[:, step]
+        if linear:
+            x = _adjust_linear(x, kind, brightness, contrast, saturation)
+        if hue is not None:
+            x = _apply_where(x, kind == _HUE, _adjust_hue, hue)
     return x
 
 
