@@ -35,7 +35,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 from cifar10_split import split_cifar10
-from common import cpu_flags, cpu_model
+from common import cpu_flags, cpu_model, repository_relative
 from torch.utils.data import DataLoader
 
 from sslhub.data import ImageDataset, collate, load_image_dataset
@@ -207,7 +207,7 @@ def main() -> None:
         },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    args.json.write_text(json.dumps(repository_relative(results), indent=2) + "\n")
     write_markdown(args.out, results)
     print(f"wrote {args.out} and {args.json}")
     card = write_card(args, model_dir, trained)

@@ -16,6 +16,8 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -247,6 +249,26 @@ def matmul_flops_per_second(
     a @ b  # warm-up
     best = min(timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n**3 / best
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def repository_relative(payload: Any, root: Path = REPOSITORY) -> Any:
+    """A results payload (JSON values) with each absolute path inside `root` written relative to it, so
+    that the committed records name `recipes/...` and `outputs/...`, not the machine they ran on; the
+    files they name are found from the repository root on any clone."""
+    if isinstance(payload, dict):
+        return {key: repository_relative(value, root) for key, value in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [repository_relative(value, root) for value in payload]
+    if isinstance(payload, os.PathLike):
+        payload = os.fspath(payload)
+    if isinstance(payload, str) and os.path.isabs(payload):
+        path = Path(payload)
+        if path == root or root in path.parents:
+            return path.relative_to(root).as_posix()
+    return payload
 
 
 def _cpuinfo(field: str) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from cifar10_split import split_cifar10
+from common import repository_relative
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,8 @@ def knn_top1(model_dir: Path, data_dir: Path) -> float:
 
 def write_results(args: argparse.Namespace, rows: list[dict], command: str) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("results_md", "results_json", "reuse")}
-    Path(args.results_json).write_text(json.dumps({"settings": settings, "results": rows}, indent=2) + "\n")
+    payload = repository_relative({"settings": settings, "results": rows})
+    Path(args.results_json).write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Distillation vs. MoCo from scratch on CIFAR-10 (kNN)",
         "",

@@ -32,6 +32,41 @@ def test_summary_and_verdicts():
     assert linear_flags(400)[:2] == ["--epochs", 100] and linear_flags(40_000)[:2] == ["--epochs", 30]
 
 
+def test_records_name_the_repositorys_files_relative_to_it():
+    from bench.common import REPOSITORY, repository_relative
+
+    record = {
+        "command": [
+            str(REPOSITORY / "recipes" / "evaluate.py"),
+            "--output_dir",
+            REPOSITORY / "outputs" / "run",
+        ],
+        "data": "/elsewhere/cifar10/train.parquet",
+        "nested": [{"model": str(REPOSITORY / "outputs" / "run" / "final"), "seeds": [0, 1], "top1": 0.5}],
+        "relative": "model_cards/moco",
+    }
+    assert repository_relative(record) == {
+        "command": ["recipes/evaluate.py", "--output_dir", "outputs/run"],
+        "data": "/elsewhere/cifar10/train.parquet",  # outside the repository: where it was
+        "nested": [{"model": "outputs/run/final", "seeds": [0, 1], "top1": 0.5}],
+        "relative": "model_cards/moco",
+    }
+    # the committed records name no checkout of the repository
+    records = [*(ROOT / "bench").glob("*.json"), *(ROOT / "bench" / "claims").glob("*/results.json")]
+    assert len(records) > 5
+
+    def absolute_strings(value):
+        if isinstance(value, dict):
+            return [s for item in value.values() for s in absolute_strings(item)]
+        if isinstance(value, list):
+            return [s for item in value for s in absolute_strings(item)]
+        return [value] if isinstance(value, str) and os.path.isabs(value) else []
+
+    for record_file in records:
+        named = absolute_strings(json.loads(record_file.read_text()))
+        assert not [s for s in named if any(f"/{folder}/" in s for folder in ("recipes", "outputs", "bench"))]
+
+
 def test_shipped_card_names_the_held_out_split_one_way(tmp_path):
     from huggingface_hub import ModelCard
 

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.cifar10_split import split_cifar10  # noqa: E402
-from bench.common import machine_info  # noqa: E402
+from bench.common import machine_info, repository_relative  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = "[0.4914, 0.4822, 0.4465]", "[0.2470, 0.2435, 0.2616]"
 HELD_OUT = "CIFAR-10 (10,000 held-out images of the train split)"  # how model cards name the test set
@@ -407,7 +407,9 @@ def write_outputs(claim: Claim, runs: Runs, results: dict[str, Any], report: lis
         **results,
         "runs": runs.records,
     }
-    (claim.pictures / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (claim.pictures / "results.json").write_text(
+        json.dumps(repository_relative(payload), indent=2, default=str) + "\n"
+    )
     claim.report.write_text("\n".join(report).replace("{MACHINE}", machine_line(info)) + "\n")
     print(f"wrote {claim.report} and {claim.pictures / 'results.json'}", flush=True)
 

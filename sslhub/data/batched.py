@@ -135,7 +135,8 @@ def _adjust_linear(
         scale = torch.where(chosen, saturation, scale)
         grey_weight = torch.where(chosen, 1 - saturation, grey_weight)
     eye = torch.eye(3, device=device, dtype=x.dtype)
-    matrix = scale[:, None, None] * eye + grey_weight[:, None, None] * luma  # (N, 3, 3): rows f e_c + (1 - f) w
+    # (N, 3, 3), row c: f e_c + (1 - f) w
+    matrix = scale[:, None, None] * eye + grey_weight[:, None, None] * luma
     pixels = x.reshape(n, 3, -1)  # (N, 3, H*W)
     out = torch.baddbmm(offset[:, None, None].expand(n, 3, 1), matrix, pixels)
     return out.clamp_(0, 1).view(x.shape)
