@@ -2,7 +2,8 @@
 
     python bench/time_to_accuracy.py --quick     # toy sizes, to check the script (1-2 minutes)
     python bench/time_to_accuracy.py             # the full run, 4 seeds each: 100 minutes of a 2-core machine
-    python bench/time_to_accuracy.py --avx2      # the same with torch's and oneDNN's kernels capped at AVX2
+    python bench/time_to_accuracy.py --avx2 --seeds 0 1 --out-dir bench/avx2
+                                                 # torch's and oneDNN's kernels capped at AVX2 (an emulation)
 
 The protocol (`Protocol`): timm `test_resnet` at 32x32, 2-layer projector 512 -> 128, queue 1,024, T 0.2,
 m 0.99, SGD (momentum 0.9, weight decay 5e-4) with lr 0.06 x batch / 256 on a cosine, batch 128, 40 epochs
