@@ -21,12 +21,17 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 def cpu(monkeypatch):
     """Simulate a CPU: `cpu(flags, machine, probe)` sets its bf16 flags, architecture and probe rates."""
 
-    def simulate(flags=(), machine="x86_64", probe=(0.28, 142.0)):
+    def simulate(flags=(), machine="x86_64", probe=(0.28, 142.0), kernels="AVX512", onednn_cap=None):
         monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: list(flags))
         monkeypatch.setattr(precision.platform, "machine", lambda: machine)
         monkeypatch.setattr(precision, "cpu_bf16_probe", lambda: probe)
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: kernels)  # ATen's kernels
+        if onednn_cap:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_cap)
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    for name in precision.ONEDNN_ISA_CAPS:
+        monkeypatch.delenv(name, raising=False)
     return simulate
 
 
@@ -43,6 +48,54 @@ def test_auto_on_other_cpus_follows_a_matmul_probe(cpu, probe, expected):
     cpu(flags=(), machine="aarch64", probe=probe)
     choice = resolve_precision("auto", CPU)
     assert choice.mode == expected and "probe" in choice.reason
+
+
+@pytest.mark.parametrize(
+    "caps",
+    [
+        {"onednn_cap": "AVX2"},  # oneDNN (matmuls, convolutions) capped below the CPU's bf16 instructions
+        {"onednn_cap": "AVX512_CORE"},
+        {"kernels": "AVX2"},  # ATen's kernels capped (ATEN_CPU_CAPABILITY=avx2) or built without AVX-512
+        {"kernels": "DEFAULT"},
+    ],
+)
+@pytest.mark.parametrize(("probe", "expected"), [((2.0, 255.0), "no"), ((380.0, 255.0), "bf16")])
+def test_auto_on_a_bf16_cpu_with_capped_kernels_follows_the_probe(cpu, caps, probe, expected):
+    cpu(flags=("avx512_bf16", "amx"), probe=probe, **caps)
+    choice = resolve_precision("auto", CPU)
+    assert choice.mode == expected
+    assert "capped" in choice.reason and "probe" in choice.reason
+    assert (caps.get("onednn_cap") or caps.get("kernels")) in choice.reason
+
+
+@pytest.mark.parametrize("caps", [{}, {"onednn_cap": "ALL"}, {"kernels": "AVX512"}])
+def test_auto_on_a_bf16_cpu_with_uncapped_kernels_needs_no_probe(cpu, monkeypatch, caps):
+    cpu(flags=("amx",), probe=(2.0, 255.0), **caps)
+
+    def no_probe():
+        raise AssertionError("probed")
+
+    monkeypatch.setattr(precision, "cpu_bf16_probe", no_probe)
+    assert resolve_precision("auto", CPU).mode == "bf16"
+
+
+def test_the_probe_is_cached_per_kernel_cap(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "PROBE_CACHE", tmp_path / "probe.json")
+    monkeypatch.setattr(precision, "cpu_kernel_caps", lambda: ["ONEDNN_MAX_CPU_ISA=AVX2"])
+    monkeypatch.setattr(precision, "matmul_rates", lambda dtype: 2.0 if dtype == torch.bfloat16 else 255.0)
+    precision.cpu_bf16_probe.cache_clear()
+    try:
+        assert precision.cpu_bf16_probe() == (2.0, 255.0)
+        monkeypatch.setattr(precision, "cpu_kernel_caps", lambda: [])
+        monkeypatch.setattr(
+            precision, "matmul_rates", lambda dtype: 380.0 if dtype == torch.bfloat16 else 255.0
+        )
+        precision.cpu_bf16_probe.cache_clear()
+        assert precision.cpu_bf16_probe() == (380.0, 255.0)  # not the capped kernels' rates
+        keys = list(json.loads((tmp_path / "probe.json").read_text()))
+        assert len(keys) == 2 and any("ONEDNN_MAX_CPU_ISA=AVX2" in key for key in keys)
+    finally:
+        precision.cpu_bf16_probe.cache_clear()
 
 
 @pytest.mark.parametrize(("supported", "expected"), [(True, "bf16"), (False, "no")])

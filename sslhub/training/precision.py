@@ -1,8 +1,11 @@
 """The precision of a run, decided from the device it runs on.
 
 `auto` (the default of every recipe) trains in bf16 autocast where the device computes bf16 natively
-(a CUDA GPU with bf16 support, a CPU with AVX512-BF16 or AMX, or a CPU where a short matmul probe shows
-bf16 at least as fast as fp32) and in fp32 everywhere else. On a CPU without native bf16 the arithmetic
+(a CUDA GPU with bf16 support, a CPU with AVX512-BF16 or AMX whose kernels torch may use, or a CPU where a
+short matmul probe shows bf16 at least as fast as fp32) and in fp32 everywhere else. A CPU's bf16
+instructions help only if torch's kernels use them: where oneDNN is capped (`ONEDNN_MAX_CPU_ISA`) or ATen's
+kernels run below AVX-512 (`ATEN_CPU_CAPABILITY`, or a build without them), the probe decides. Capped at
+AVX2 on an AMX machine, a 256^3 matmul ran bf16 at 2.0 GFLOP/s against 255 in fp32. On a CPU without native bf16 the arithmetic
 is emulated: a 2048^3 matmul ran at 0.28 GFLOP/s in bf16 against 142 GFLOP/s in fp32 on an AVX2-only
 machine, so forcing bf16 there turns minutes into hours. fp16 (with a gradient scaler) is used only when
 asked for.
@@ -26,6 +29,7 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+X86 = ("x86_64", "amd64", "i386", "i686")
 PROBE_CACHE = Path(os.environ.get("SSLHUB_CACHE", Path.home() / ".cache" / "sslhub")) / "bf16_probe.json"
 
 
@@ -50,6 +54,23 @@ def cpu_bf16_flags() -> list[str]:
     return found
 
 
+ONEDNN_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def cpu_kernel_caps() -> list[str]:
+    """What keeps torch's CPU kernels below the CPU's instruction sets, if anything: a oneDNN ISA cap, or
+    ATen's kernels (capped by `ATEN_CPU_CAPABILITY`, or so built) below AVX-512."""
+    caps = [
+        f"{name}={os.environ[name]}"
+        for name in ONEDNN_ISA_CAPS
+        if os.environ.get(name, "ALL").upper() != "ALL"
+    ]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() in X86 and not capability.upper().startswith(("AVX512", "AMX")):
+        caps.append(f"ATen kernels {capability}")
+    return caps
+
+
 def matmul_rates(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
     """GFLOP/s of a `size`^3 matmul in `dtype` on the CPU (best of `repeats`)."""
     a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
@@ -65,8 +86,10 @@ def matmul_rates(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float
 
 @cache
 def cpu_bf16_probe() -> tuple[float, float]:
-    """(bf16, fp32) matmul GFLOP/s on this CPU, measured once and cached on disk per CPU and torch version."""
-    key = f"{platform.machine()}|{platform.processor()}|{_cpu_model()}|{torch.__version__}"
+    """(bf16, fp32) matmul GFLOP/s on this CPU, measured once and cached on disk per CPU, torch version and
+    kernel caps."""
+    kernels = ",".join(cpu_kernel_caps()) or torch.backends.cpu.get_cpu_capability()
+    key = f"{platform.machine()}|{platform.processor()}|{_cpu_model()}|{torch.__version__}|{kernels}"
     try:
         cached = json.loads(PROBE_CACHE.read_text())
     except (OSError, ValueError):
@@ -103,13 +126,17 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
         return supported, f"{name} {'supports' if supported else 'does not support'} bf16"
     if device.type == "cpu":
         flags = cpu_bf16_flags()
-        if flags:
+        caps = cpu_kernel_caps() if flags else []
+        if flags and not caps:
             return True, f"this CPU has native bf16 ({', '.join(flags).upper()})"
-        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        if not flags and platform.machine().lower() in X86:
             return False, "this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 would be emulated"
         bf16, fp32 = cpu_bf16_probe()
         native = bf16 >= fp32
-        return native, f"a matmul probe on this CPU ran bf16 at {bf16:.1f} and fp32 at {fp32:.1f} GFLOP/s"
+        why = f"a matmul probe on this CPU ran bf16 at {bf16:.1f} and fp32 at {fp32:.1f} GFLOP/s"
+        if caps:
+            why = f"this CPU has {', '.join(flags).upper()} but torch's kernels are capped ({', '.join(caps)}); {why}"
+        return native, why
     return False, f"no native bf16 known for {device.type} devices"
 
 
@@ -199,6 +226,7 @@ __all__ = [
     "PrecisionChoice",
     "cpu_bf16_flags",
     "cpu_bf16_probe",
+    "cpu_kernel_caps",
     "describe",
     "launcher_precision",
     "native_bf16",
