@@ -2,13 +2,13 @@
 
 `auto` (the default of every recipe) trains in bf16 autocast where the device computes bf16 natively
 (a CUDA GPU with bf16 support, a CPU with AVX512-BF16 or AMX whose kernels torch may use, or a CPU where a
-short matmul probe shows bf16 at least as fast as fp32) and in fp32 everywhere else. A CPU's bf16
-instructions help only if torch's kernels use them: where oneDNN is capped (`ONEDNN_MAX_CPU_ISA`) or ATen's
-kernels run below AVX-512 (`ATEN_CPU_CAPABILITY`, or a build without them), the probe decides. Capped at
-AVX2 on an AMX machine, a 256^3 matmul ran bf16 at 2.0 GFLOP/s against 255 in fp32. On a CPU without native bf16 the arithmetic
-is emulated: a 2048^3 matmul ran at 0.28 GFLOP/s in bf16 against 142 GFLOP/s in fp32 on an AVX2-only
-machine, so forcing bf16 there turns minutes into hours. fp16 (with a gradient scaler) is used only when
-asked for.
+short matmul probe shows bf16 at least as fast as fp32) and in fp32 everywhere else. On a CPU without
+native bf16 the arithmetic is emulated: a 2048^3 matmul ran at 0.28 GFLOP/s in bf16 against 142 GFLOP/s in
+fp32 on an AVX2-only machine, so forcing bf16 there turns minutes into hours. A CPU's bf16 instructions
+help only if torch's kernels use them: where oneDNN is capped (`ONEDNN_MAX_CPU_ISA`) or ATen's kernels run
+below AVX-512 (`ATEN_CPU_CAPABILITY`, or a build without them), the probe decides (capped at AVX2 on an AMX
+machine, a 256^3 matmul ran at 2.0 GFLOP/s in bf16 against 223 in fp32). fp16 (with a gradient scaler) is
+used only when asked for.
 
 Who decides, in order: the recipe's `mixed_precision` setting when it is set; else the launcher's
 (`accelerate launch --mixed_precision ...` or the `mixed_precision` of the accelerate config file it
