@@ -82,8 +82,8 @@ class TrainingArguments:
     channels_last: bool = setting(True, "channels_last memory format (faster convolutions)")
     compile: bool = setting(
         False,
-        "torch.compile the model in place (20-60 s of compiling first; on 2 CPU cores it was not faster: "
-        "bench/step_breakdown.py measures it)",
+        "torch.compile the model in place (seconds to a minute of compiling first, a C++ compiler on CPU; "
+        "on 2 CPU cores steps were at most a tenth faster: bench/step_breakdown.py measures it)",
     )
     prefetch: bool = setting(
         False,
