@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sslhub import MoCoConfig, MoCoForPreTraining
+from sslhub.hub import portable_path
 from sslhub.models.backbones import create_backbone
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -255,19 +256,15 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def repository_relative(payload: Any, root: Path = REPOSITORY) -> Any:
-    """A results payload (JSON values) with each absolute path inside `root` written relative to it, so
-    that the committed records name `recipes/...` and `outputs/...`, not the machine they ran on; the
-    files they name are found from the repository root on any clone."""
+    """A results payload (JSON values) with each absolute path inside `root` written relative to it (and
+    one in the home folder as `~/...`: `sslhub.hub.portable_path`), so that the committed records name
+    `recipes/...` and `outputs/...`, not the machine they ran on."""
     if isinstance(payload, dict):
         return {key: repository_relative(value, root) for key, value in payload.items()}
     if isinstance(payload, list | tuple):
         return [repository_relative(value, root) for value in payload]
-    if isinstance(payload, os.PathLike):
-        payload = os.fspath(payload)
-    if isinstance(payload, str) and os.path.isabs(payload):
-        path = Path(payload)
-        if path == root or root in path.parents:
-            return path.relative_to(root).as_posix()
+    if isinstance(payload, str | os.PathLike):
+        return portable_path(os.fspath(payload), root)
     return payload
 
 

@@ -93,16 +93,16 @@ def _is_hub_id(name: str | None) -> bool:
     return True
 
 
-def portable_path(value: str) -> str:
-    """`value` as a reader of a published card can use it: an absolute path inside the working directory
-    relative to it, one inside the home folder as `~/...` (no user name, no machine layout); anything else
-    (Hub ids, `timm:<name>`, relative paths, other absolute paths) as it is."""
+def portable_path(value: str, root: str | os.PathLike | None = None) -> str:
+    """`value` as a reader of a published card can use it: an absolute path inside `root` (default: the
+    working directory) relative to it, one inside the home folder as `~/...` (no user name, no machine
+    layout); anything else (Hub ids, `timm:<name>`, relative paths, other absolute paths) as it is."""
     if not os.path.isabs(value):
         return value
     path = Path(value)
-    for root, prefix in ((Path.cwd(), "."), (Path.home(), "~")):
-        if root != Path(root.anchor) and (path == root or root in path.parents):  # not a home of "/"
-            relative = os.path.relpath(path, root)
+    for folder, prefix in ((Path(root or Path.cwd()), "."), (Path.home(), "~")):
+        if folder != Path(folder.anchor) and (path == folder or folder in path.parents):  # not a home of "/"
+            relative = os.path.relpath(path, folder)
             return relative if prefix == "." else f"~/{relative}" if relative != "." else "~"
     return value
 
