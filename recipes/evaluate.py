@@ -323,10 +323,7 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
         step += 1
         with logger.timed("logging"):
             logger.step(step, lr=lr)
-            if step % args.save_steps == 0 or step == length.total_steps:
-                with logger.paused("checkpoint"):  # no training throughput; its own part of the step times
-                    logger.check_finite(step)  # a NaN loss stops the run before it is saved
-                    checkpointer.save(step)
+            logger.checkpoint(step)  # at save_steps and the end
     summary = logger.summary(step)
 
     evaluation = DataLoader(

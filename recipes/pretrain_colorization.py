@@ -293,16 +293,8 @@ def main(args: ColorizationArguments) -> dict[str, float]:
         step += 1
         with logger.timed("logging"):
             logger.step(step, lr=lr)
-            at_end = step == length.total_steps
-            # The monitor and checkpoints are no training throughput; each is its own part of the step times.
-            if monitor is not None and (step % args.knn_steps == 0 or at_end):
-                with logger.paused("evaluation"):
-                    metrics["knn_top1"] = monitor(unwrapped.encoder)
-                logger.log({"monitor/knn_top1": metrics["knn_top1"]}, step)
-            if step % args.save_steps == 0 or at_end:
-                with logger.paused("checkpoint"):
-                    logger.check_finite(step)  # a NaN loss stops the run before it is saved
-                    checkpointer.save(step)
+            logger.evaluate(step, monitor, unwrapped.encoder)  # metrics["knn_top1"] at its steps
+            logger.checkpoint(step)  # at save_steps and the end
     metrics = logger.summary(step)
     if samples is not None:
         sample(step)

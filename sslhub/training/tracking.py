@@ -9,7 +9,7 @@ The recipe brackets the parts of its step with `logger.timed(part)` (`StepTimes`
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -309,6 +309,24 @@ class RunLogger:
     def log(self, values: dict[str, float], step: int) -> None:
         """Log other scalars (e.g. `monitor/knn_top1`) at `step`."""
         self.accelerator.log(values, step=step)
+
+    def evaluate(self, step: int, monitor: Callable[[torch.nn.Module], float] | None, encoder) -> None:
+        """At the kNN monitor's steps (every `knn_steps`, and the last): `monitor(encoder)`, logged and kept
+        in the checkpointed metrics as `knn_top1`; timed as the step's "evaluation", not as training."""
+        if monitor is None or (step % self.args.knn_steps and step < self.length.total_steps):
+            return
+        with self.paused("evaluation"):
+            self.state.metrics["knn_top1"] = monitor(encoder)
+        self.log({"monitor/knn_top1": self.state.metrics["knn_top1"]}, step)
+
+    def checkpoint(self, step: int) -> None:
+        """At every `save_steps` (and the last step): check the loss (a NaN stops the run before it is
+        saved), then save a checkpoint; timed as the step's "checkpoint", not as training."""
+        if step % self.args.save_steps and step < self.length.total_steps:
+            return
+        with self.paused("checkpoint"):
+            self.check_finite(step)
+            self.checkpointer.save(step)
 
     @contextmanager
     def paused(self, part: str):
