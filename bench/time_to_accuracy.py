@@ -17,7 +17,8 @@ loop (data loading, augmentation, steps, logging) from the end of the random-ini
 
 Writes `TIME_TO_ACCURACY.md`, `time_to_accuracy.json` and `time_to_accuracy.png` into `bench/` (or
 `--out-dir`). Each finished run is kept in `bench/.cache/time_to_accuracy/` and reused by the next call
-with the same protocol, so a stopped benchmark continues where it stopped (delete the folder to rerun).
+with the same settings for its library (`run_key`), so a stopped benchmark continues where it stopped, and a
+setting only sslhub reads (`--set shuffle_bn_splits=1`) reruns only sslhub (delete the folder to rerun).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from sslhub import MoCoConfig
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -62,7 +65,7 @@ AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 @dataclass
 class Protocol:
-    """The settings both libraries train with."""
+    """The settings the libraries train with (`ONLY_FOR`: the fields one library reads)."""
 
     train_images: int = 10_000
     heldout_images: int = 10_000
@@ -77,7 +80,10 @@ class Protocol:
     backbone: str = "test_resnet"
     image_size: int = 32
     projector_hidden: int = 512
-    shuffle_bn_splits: int = 1  # equal settings: lightly's one-process example has no BatchNorm sub-batches
+    # sslhub as shipped: the v2 preset's one-process shuffle-BN, its key encoder's BatchNorm statistics over 8
+    # sub-batches of the shuffled batch (the MoCo authors' CIFAR-10 emulation); lightly's example shuffles the
+    # key batch too, but in one process its BatchNorm still sees the whole batch. 1 turns sslhub's off.
+    shuffle_bn_splits: int = dataclasses.field(default_factory=lambda: MoCoConfig.v2().shuffle_bn_splits)
     precision: str = "fp32"  # or "bf16" (autocast)
     sslhub_workers: int = 1  # they decode the images into memory once; views are made in the step
     lightly_workers: int = 2  # PIL views per image: one worker per core
@@ -85,6 +91,18 @@ class Protocol:
     @property
     def peak_lr(self) -> float:
         return self.lr * self.batch_size / 256
+
+
+# Protocol fields that only one library reads: changing them keeps the other library's runs.
+ONLY_FOR = {"shuffle_bn_splits": "sslhub", "sslhub_workers": "sslhub", "lightly_workers": "lightly"}
+
+
+def run_key(p: Protocol, library: str, avx2: bool) -> str:
+    """The key of `library`'s kept runs: a hash of the protocol fields it reads and of the kernel caps."""
+    fields = {
+        name: value for name, value in dataclasses.asdict(p).items() if ONLY_FOR.get(name, library) == library
+    }
+    return hashlib.sha1(json.dumps([fields, avx2]).encode()).hexdigest()[:10]
 
 
 QUICK = dict(train_images=512, heldout_images=512, epochs=3, eval_every=1, batch_size=64, queue_size=256)
@@ -383,13 +401,15 @@ def render(results: dict) -> str:
         f"{p['projector_hidden']} -> 128, queue {p['queue_size']}, T {p['temperature']}, m {p['momentum']}, "
         f"SGD lr {p['lr']} x {p['batch_size']} / 256 (cosine), momentum 0.9, wd {p['weight_decay']}, batch "
         f"{p['batch_size']}, {p['epochs']} epochs of {p['train_images']} CIFAR-10 images, {p['precision']}; "
-        f"shuffle-BN sub-batches {p['shuffle_bn_splits']}; kNN (k=200, T=0.1, bank: the training images) on "
-        f"{p['heldout_images']} held-out images every {p['eval_every']} epochs; seeds {results['seeds']}.",
+        f"kNN (k=200, T=0.1, bank: the training images) on {p['heldout_images']} held-out images every "
+        f"{p['eval_every']} epochs; seeds {results['seeds']}.",
         f"- sslhub: `recipes/pretrain_moco.py --batched_augmentation true` (the images decoded once into "
         f"memory by {p['sslhub_workers']} worker, `cache_images` unset; that time counts as training), "
-        f"channels_last, fused SGD. lightly {m['lightly']}: its MoCo v2 example (PIL `MoCoV2Transform` "
-        f"in {p['lightly_workers']} workers, NCHW, torch's default SGD); both queues start as random unit "
-        "vectors. Training seconds exclude the kNN evaluations (same `KNNProbe` for both).",
+        f"channels_last, fused SGD, {_shuffle_bn(p['shuffle_bn_splits'])}. lightly {m['lightly']}: its MoCo v2 "
+        f"example (PIL `MoCoV2Transform` in {p['lightly_workers']} workers, NCHW, torch's default SGD, "
+        "`batch_shuffle`, which in one process leaves the key encoder's BatchNorm the whole batch); both "
+        "queues start as random unit vectors. Training seconds exclude the kNN evaluations (same `KNNProbe` "
+        "for both).",
         "",
         "| | sslhub | lightly |",
         "|---|---|---|",
@@ -423,6 +443,14 @@ def render(results: dict) -> str:
                 " Its logging part includes the kNN evaluations (a run recorded before they were timed apart)."
             )
     return "\n".join(lines) + "\n"
+
+
+def _shuffle_bn(splits: int) -> str:
+    if splits == 1:
+        return "no BatchNorm sub-batches in the key encoder (`shuffle_bn_splits=1`)"
+    return (
+        f"one-process shuffle-BN: the key encoder's BatchNorm over {splits} sub-batches of the shuffled batch"
+    )
 
 
 def _acc(summary: dict) -> str:
@@ -496,15 +524,16 @@ def main(argv=None) -> dict:
         "runs": [],
     }
     started = time.perf_counter()
-    # Full runs are kept (per protocol, kernel caps and seed) and reused: a stopped benchmark continues.
-    protocol_key = hashlib.sha1(json.dumps([dataclasses.asdict(p), args.avx2]).encode()).hexdigest()[:10]
-    if args.quick:  # toy runs are never reused
-        folder = Path(tempfile.mkdtemp(prefix="time_to_accuracy-quick-"))
-    else:
-        folder = HERE / ".cache" / "time_to_accuracy" / f"{name}-{protocol_key}"
-        folder.mkdir(parents=True, exist_ok=True)
+    # Full runs are kept (per library, the protocol fields it reads, kernel caps and seed) and reused: a
+    # stopped benchmark continues, and a setting of one library does not rerun the other.
+    quick_folder = Path(tempfile.mkdtemp(prefix="time_to_accuracy-quick-")) if args.quick else None
     for index, seed in enumerate(args.seeds):
         for library in LIBRARIES if index % 2 == 0 else LIBRARIES[::-1]:  # both see the same drift
+            if quick_folder:  # toy runs are never reused
+                folder = quick_folder
+            else:
+                folder = HERE / ".cache" / "time_to_accuracy" / f"{name}-{run_key(p, library, args.avx2)}"
+                folder.mkdir(parents=True, exist_ok=True)
             result = folder / f"{library}-{seed}.json"
             if result.exists():
                 print(f"[time to accuracy] {library}, seed {seed}: reused {result}", flush=True)

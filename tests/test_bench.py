@@ -92,6 +92,20 @@ def test_equal_epoch_accuracy_is_compared_with_an_exact_permutation_test():
     )  # 2 + 2 values: the observed split and its mirror
 
 
+def test_time_to_accuracy_keeps_runs_per_library_settings():
+    from time_to_accuracy import Protocol, run_key
+
+    p, splits, workers = Protocol(), Protocol(shuffle_bn_splits=2), Protocol(lightly_workers=4)
+    # A setting one library reads reruns that library only; shared settings and kernel caps rerun both.
+    assert run_key(splits, "lightly", False) == run_key(p, "lightly", False)
+    assert run_key(splits, "sslhub", False) != run_key(p, "sslhub", False)
+    assert run_key(workers, "sslhub", False) == run_key(p, "sslhub", False)
+    assert run_key(workers, "lightly", False) != run_key(p, "lightly", False)
+    for library in ("sslhub", "lightly"):
+        assert run_key(Protocol(epochs=20), library, False) != run_key(p, library, False)
+        assert run_key(p, library, True) != run_key(p, library, False)
+
+
 @pytest.mark.slow
 def test_time_to_accuracy_quick_mode_writes_its_results(tmp_path):
     pytest.importorskip("lightly")
