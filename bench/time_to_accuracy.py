@@ -2,6 +2,8 @@
 
     python bench/time_to_accuracy.py --quick     # toy sizes, to check the script (1-2 minutes)
     python bench/time_to_accuracy.py             # the full run, 4 seeds each: 100 minutes of a 2-core machine
+    python bench/time_to_accuracy.py --set shuffle_bn_splits=1 --out-dir bench/tta_shuffle_bn_off
+                                                 # sslhub without its shuffle-BN (lightly's runs are reused)
     python bench/time_to_accuracy.py --avx2 --seeds 0 1 --out-dir bench/avx2
                                                  # torch's and oneDNN's kernels capped at AVX2 (an emulation)
 
@@ -10,7 +12,7 @@ m 0.99, SGD (momentum 0.9, weight decay 5e-4) with lr 0.06 x batch / 256 on a co
 of 10,000 CIFAR-10 training images; weighted kNN (k=200, T=0.1, bank: the training images) on 10,000
 held-out images of the project's split (`cifar10_split.py`), every 4 epochs. Each library runs as its
 users run it, in its own process: sslhub through `recipes/pretrain_moco.py` (batched augmentation,
-channels_last, its fused SGD); lightly as its MoCo v2 example (PIL views in DataLoader workers,
+channels_last, its fused SGD, the v2 preset's one-process shuffle-BN); lightly as its MoCo v2 example (PIL views in DataLoader workers,
 `MoCoProjectionHead`, `NTXentLoss` memory bank, `update_momentum`, `batch_shuffle`). Both evaluate with the
 same `KNNProbe`; the clock stops while it runs, so "training seconds" are the wall time of the training
 loop (data loading, augmentation, steps, logging) from the end of the random-init evaluation.
