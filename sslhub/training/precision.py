@@ -30,6 +30,7 @@ import torch
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 X86 = ("x86_64", "amd64", "i386", "i686")
+ONEDNN_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # environment variables that cap oneDNN
 PROBE_CACHE = Path(os.environ.get("SSLHUB_CACHE", Path.home() / ".cache" / "sslhub")) / "bf16_probe.json"
 
 
@@ -52,9 +53,6 @@ def cpu_bf16_flags() -> list[str]:
         except RuntimeError:
             pass
     return found
-
-
-ONEDNN_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def cpu_kernel_caps() -> list[str]:
