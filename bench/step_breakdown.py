@@ -5,13 +5,13 @@
 
 1. Step variants, in this process, interleaved: the training step (momentum update, forward, backward, SGD)
    with equal-settings shuffle-BN (`shuffle_bn_splits=1`), the preset's 8 BatchNorm sub-batches run as 8
-   key-encoder forwards (sslhub before `split_batch_norm`) and in one forward (now), and the last under
-   `torch.compile` (compile time reported apart, steady state timed).
+   key-encoder forwards (sslhub before `split_batch_norm`) and in one forward (now), the last in NCHW
+   instead of channels_last, and under `torch.compile` (compile time reported apart, steady state timed).
 2. Views made ahead (`--prefetch`): the loop over uint8 batches with batched augmentation, the next views
    made in turn or ahead (a thread on CPU, a side stream on CUDA).
 3. The recipe as users run it (`recipes/pretrain_moco.py`, CIFAR-10, batched augmentation): img/s and the
    per-part step times of its `metrics.json`: as shipped, with the images decoded every epoch
-   (`--cache_images false`), and with `--prefetch`.
+   (`--cache_images false`), with `--prefetch`, and in NCHW (`--channels_last false`).
 
 Writes `bench/STEP_BREAKDOWN.md` and `bench/step_breakdown.json` (or `--out-dir`). Run it on a quiet machine
 (load average well under 1). On a CPU shared with other processes, OpenMP's spin-waiting (libgomp's default)
@@ -24,6 +24,7 @@ the wall times, is the measure least moved by load.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -112,27 +113,34 @@ def measure(runs: dict, args, steps: int, cpu_time: bool = True) -> dict:
 
 
 def step_variants(args) -> dict:
-    """Equal-settings shuffle-BN, 8 sub-batches chunked / in one forward, and compiled."""
+    """Equal-settings shuffle-BN, 8 sub-batches chunked / in one forward, in NCHW, and compiled."""
     s = setting(args)
-    query, key = make_inputs(s, args.device)
-    variants = {
-        "shuffle_bn_splits=1": (build_sslhub(s, args.device, 1), True),
-        "splits=8, 8 key forwards (before)": (build_sslhub(s, args.device, 8), False),
-        "splits=8, one forward (split_batch_norm)": (build_sslhub(s, args.device, 8), True),
+    nchw = dataclasses.replace(s, channels_last=False)
+    variants = {  # name: (setting, (model, optimizer), BatchNorm sub-batches in one forward)
+        "shuffle_bn_splits=1": (s, build_sslhub(s, args.device, 1), True),
+        "splits=8, 8 key forwards (before)": (s, build_sslhub(s, args.device, 8), False),
+        "splits=8, one forward (split_batch_norm)": (s, build_sslhub(s, args.device, 8), True),
+        "splits=8, one forward, NCHW (--channels_last false)": (
+            nchw,
+            build_sslhub(nchw, args.device, 8),
+            True,
+        ),
     }
     if args.compile:
         compiled = build_sslhub(s, args.device, 8, compile=True)
-        variants["splits=8, one forward, torch.compile"] = (compiled, True)
+        variants["splits=8, one forward, torch.compile"] = (s, compiled, True)
+    inputs = {False: make_inputs(nchw, args.device), True: make_inputs(s, args.device)}  # the same values
     splittable = distributed.can_split_batch_norm
 
-    def run(model, optimizer, one_forward):
+    def run(setting_, model, optimizer, one_forward):
+        query, key = inputs[setting_.channels_last]
         distributed.can_split_batch_norm = splittable if one_forward else (lambda module: False)
         try:
-            train_step("sslhub", model, optimizer, query, key, s, args.device)
+            train_step("sslhub", model, optimizer, query, key, setting_, args.device)
         finally:
             distributed.can_split_batch_norm = splittable
 
-    runs = {name: (lambda v=v: run(*v[0], v[1])) for name, v in variants.items()}
+    runs = {name: (lambda v=v: run(v[0], *v[1], v[2])) for name, v in variants.items()}
     warmup = {}
     for name, call in runs.items():  # compiling happens here
         started = time.perf_counter()
@@ -208,6 +216,7 @@ def recipe_runs(args) -> dict:
         "default (images decoded once into memory)": [],
         "--cache_images false (decoded every epoch)": ["--cache_images", "false"],
         "--prefetch true": ["--prefetch", "true"],
+        "--channels_last false (NCHW)": ["--channels_last", "false"],
     }
     rows = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -19,7 +19,7 @@ loop (data loading, augmentation, steps, logging) from the end of the random-ini
 
 Writes `TIME_TO_ACCURACY.md`, `time_to_accuracy.json` and `time_to_accuracy.png` into `bench/` (or
 `--out-dir`). Each finished run is kept in `bench/.cache/time_to_accuracy/` and reused by the next call
-with the same settings for its library (`run_key`), so a stopped benchmark continues where it stopped, and a
+on the same machine with the same settings for its library (`run_key`), so a stopped benchmark continues where it stopped, and a
 setting only sslhub reads (`--set shuffle_bn_splits=1`) reruns only sslhub (delete the folder to rerun).
 """
 
@@ -54,6 +54,8 @@ from common import (  # noqa: E402
     LightlyMoCo,
     LightlyViews,
     Setting,
+    cpu_flags,
+    cpu_model,
     describe_machine,
     lightly_transform,
     machine_info,
@@ -99,12 +101,19 @@ class Protocol:
 ONLY_FOR = {"shuffle_bn_splits": "sslhub", "sslhub_workers": "sslhub", "lightly_workers": "lightly"}
 
 
-def run_key(p: Protocol, library: str, avx2: bool) -> str:
-    """The key of `library`'s kept runs: a hash of the protocol fields it reads and of the kernel caps."""
+def run_key(p: Protocol, library: str, avx2: bool, machine: str) -> str:
+    """The key of `library`'s kept runs: a hash of the protocol fields it reads, the kernel caps and the
+    machine (`machine_key`), so that runs of another CPU (a folder shared by cluster nodes) are not mixed in."""
     fields = {
         name: value for name, value in dataclasses.asdict(p).items() if ONLY_FOR.get(name, library) == library
     }
-    return hashlib.sha1(json.dumps([fields, avx2]).encode()).hexdigest()[:10]
+    return hashlib.sha1(json.dumps([fields, avx2, machine]).encode()).hexdigest()[:10]
+
+
+def machine_key() -> str:
+    """What makes runs of two machines incomparable: the CPU model, cores, kernel flags and torch version
+    (two CPUs can share a model name, "AMD EPYC", and differ in AVX-512)."""
+    return json.dumps([cpu_model(), os.cpu_count(), cpu_flags()["flags"], torch.__version__])
 
 
 QUICK = dict(train_images=512, heldout_images=512, epochs=3, eval_every=1, batch_size=64, queue_size=256)
@@ -526,15 +535,16 @@ def main(argv=None) -> dict:
         "runs": [],
     }
     started = time.perf_counter()
-    # Full runs are kept (per library, the protocol fields it reads, kernel caps and seed) and reused: a
-    # stopped benchmark continues, and a setting of one library does not rerun the other.
+    # Full runs are kept (per library, the protocol fields it reads, kernel caps, machine and seed) and reused:
+    # a stopped benchmark continues, and a setting of one library does not rerun the other.
     quick_folder = Path(tempfile.mkdtemp(prefix="time_to_accuracy-quick-")) if args.quick else None
     for index, seed in enumerate(args.seeds):
         for library in LIBRARIES if index % 2 == 0 else LIBRARIES[::-1]:  # both see the same drift
             if quick_folder:  # toy runs are never reused
                 folder = quick_folder
             else:
-                folder = HERE / ".cache" / "time_to_accuracy" / f"{name}-{run_key(p, library, args.avx2)}"
+                key = run_key(p, library, args.avx2, machine_key())
+                folder = HERE / ".cache" / "time_to_accuracy" / f"{name}-{key}"
                 folder.mkdir(parents=True, exist_ok=True)
             result = folder / f"{library}-{seed}.json"
             if result.exists():

@@ -92,18 +92,33 @@ def test_equal_epoch_accuracy_is_compared_with_an_exact_permutation_test():
     )  # 2 + 2 values: the observed split and its mirror
 
 
-def test_time_to_accuracy_keeps_runs_per_library_settings():
-    from time_to_accuracy import Protocol, run_key
+def test_time_to_accuracy_keeps_runs_per_library_settings(monkeypatch):
+    import time_to_accuracy
+    from time_to_accuracy import Protocol, machine_key, run_key
 
     p, splits, workers = Protocol(), Protocol(shuffle_bn_splits=2), Protocol(lightly_workers=4)
-    # A setting one library reads reruns that library only; shared settings and kernel caps rerun both.
-    assert run_key(splits, "lightly", False) == run_key(p, "lightly", False)
-    assert run_key(splits, "sslhub", False) != run_key(p, "sslhub", False)
-    assert run_key(workers, "sslhub", False) == run_key(p, "sslhub", False)
-    assert run_key(workers, "lightly", False) != run_key(p, "lightly", False)
+    here = machine_key()
+    # Two CPUs with one model name ("AMD EPYC") and different vector units are two machines.
+    monkeypatch.setattr(time_to_accuracy, "cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(time_to_accuracy, "cpu_flags", lambda: {"flags": ["avx2", "fma"]})
+    avx2_epyc = machine_key()
+    monkeypatch.setattr(time_to_accuracy, "cpu_flags", lambda: {"flags": ["avx2", "fma", "avx512_bf16"]})
+    other_cpu = machine_key()
+    assert avx2_epyc != other_cpu
+
+    def key(protocol, library, avx2=False, machine=here):
+        return run_key(protocol, library, avx2, machine)
+
+    # A setting one library reads reruns that library only; shared settings, kernel caps and another machine
+    # rerun both.
+    assert key(splits, "lightly") == key(p, "lightly")
+    assert key(splits, "sslhub") != key(p, "sslhub")
+    assert key(workers, "sslhub") == key(p, "sslhub")
+    assert key(workers, "lightly") != key(p, "lightly")
     for library in ("sslhub", "lightly"):
-        assert run_key(Protocol(epochs=20), library, False) != run_key(p, library, False)
-        assert run_key(p, library, True) != run_key(p, library, False)
+        assert key(Protocol(epochs=20), library) != key(p, library)
+        assert key(p, library, avx2=True) != key(p, library)
+        assert key(p, library, machine=other_cpu) != key(p, library, machine=avx2_epyc)
 
 
 @pytest.mark.slow
@@ -139,4 +154,8 @@ def test_step_breakdown_quick_mode_writes_its_results(tmp_path):
         str(tmp_path),
     )
     results = json.loads((tmp_path / "step_breakdown.json").read_text())
-    assert len(results["step"]) == 4 and len(results["views_ahead"]) == 2 and len(results["recipe"]) == 3
+    assert len(results["step"]) == 5 and len(results["views_ahead"]) == 2 and len(results["recipe"]) == 4
+    assert (
+        any("NCHW" in name for name in results["step"])
+        and "--channels_last false (NCHW)" in results["recipe"]
+    )

@@ -171,3 +171,5 @@ def test_accelerate_launch_precision_reaches_the_recipe(tmp_path, launcher_choic
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["mixed_precision"] == launcher_choice
     assert "set by accelerate launch" in metrics["precision_reason"]
+    shown = {"no": "fp32", "bf16": "bf16"}[launcher_choice]  # the closing report names fp32 as users know it
+    assert f"images/s ({shown}; set by accelerate launch" in result.stdout

@@ -78,9 +78,10 @@ def report_final_folder(final: Path, metrics: dict[str, Any]) -> str:
     """What a user needs after a run: the numbers, where the model is, how to load and push it."""
     lines = []
     if "images_per_second" in metrics:
+        precision = metrics.get("mixed_precision", "?")
         lines.append(
             f"Trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s at {metrics['images_per_second']:.0f} "
-            f"images/s ({metrics.get('mixed_precision', '?')}: {metrics.get('precision_reason', '')})"
+            f"images/s ({'fp32' if precision == 'no' else precision}; {metrics.get('precision_reason', '')})"
         )
     if "knn_top1" in metrics:
         before = metrics.get("knn_top1_random_init")
