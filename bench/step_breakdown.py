@@ -116,19 +116,19 @@ def step_variants(args) -> dict:
     """Equal-settings shuffle-BN, 8 sub-batches chunked / in one forward, in NCHW, and compiled."""
     s = setting(args)
     nchw = dataclasses.replace(s, channels_last=False)
-    variants = {  # name: (setting, (model, optimizer), BatchNorm sub-batches in one forward)
-        "shuffle_bn_splits=1": (s, build_sslhub(s, args.device, 1), True),
-        "splits=8, 8 key forwards (before)": (s, build_sslhub(s, args.device, 8), False),
-        "splits=8, one forward (split_batch_norm)": (s, build_sslhub(s, args.device, 8), True),
+    variants = {  # name: (setting, model, optimizer, BatchNorm sub-batches in one forward)
+        "shuffle_bn_splits=1": (s, *build_sslhub(s, args.device, 1), True),
+        "splits=8, 8 key forwards (before)": (s, *build_sslhub(s, args.device, 8), False),
+        "splits=8, one forward (split_batch_norm)": (s, *build_sslhub(s, args.device, 8), True),
         "splits=8, one forward, NCHW (--channels_last false)": (
             nchw,
-            build_sslhub(nchw, args.device, 8),
+            *build_sslhub(nchw, args.device, 8),
             True,
         ),
     }
     if args.compile:
         compiled = build_sslhub(s, args.device, 8, compile=True)
-        variants["splits=8, one forward, torch.compile"] = (s, compiled, True)
+        variants["splits=8, one forward, torch.compile"] = (s, *compiled, True)
     inputs = {False: make_inputs(nchw, args.device), True: make_inputs(s, args.device)}  # the same values
     splittable = distributed.can_split_batch_norm
 
@@ -140,7 +140,7 @@ def step_variants(args) -> dict:
         finally:
             distributed.can_split_batch_norm = splittable
 
-    runs = {name: (lambda v=v: run(v[0], *v[1], v[2])) for name, v in variants.items()}
+    runs = {name: (lambda v=v: run(*v)) for name, v in variants.items()}
     warmup = {}
     for name, call in runs.items():  # compiling happens here
         started = time.perf_counter()

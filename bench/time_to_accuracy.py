@@ -18,9 +18,10 @@ same `KNNProbe`; the clock stops while it runs, so "training seconds" are the wa
 loop (data loading, augmentation, steps, logging) from the end of the random-init evaluation.
 
 Writes `TIME_TO_ACCURACY.md`, `time_to_accuracy.json` and `time_to_accuracy.png` into `bench/` (or
-`--out-dir`). Each finished run is kept in `bench/.cache/time_to_accuracy/` and reused by the next call
-on the same machine with the same settings for its library (`run_key`), so a stopped benchmark continues where it stopped, and a
-setting only sslhub reads (`--set shuffle_bn_splits=1`) reruns only sslhub (delete the folder to rerun).
+`--out-dir`). Each finished run is kept in `bench/.cache/time_to_accuracy/` and reused by the next call on
+the same machine with the same settings for its library (`run_key`), so a stopped benchmark continues where
+it stopped, and a setting only sslhub reads (`--set shuffle_bn_splits=1`) reruns only sslhub (delete the
+folder to rerun).
 """
 
 from __future__ import annotations
