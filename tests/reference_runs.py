@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from sslhub.training.precision import cpu_bf16_flags, cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "reference_runs.json"
 STEPS = 20
@@ -60,9 +62,15 @@ RUNS = {
 }
 
 
-def machine() -> dict[str, str]:
-    """What decides the bits of a run: torch's version and the CPU kernels it dispatches to."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+def machine() -> dict:
+    """What decides the bits of a run: torch's version, the CPU kernels it dispatches to and the CPU itself
+    (oneDNN picks its kernels and blocking by CPU: an AMD and an Intel CPU, both AVX-512, round differently)."""
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": cpu_model(),
+        "native_bf16": cpu_bf16_flags(),
+    }
 
 
 def run(name: str, output_dir: Path) -> subprocess.CompletedProcess:

@@ -87,7 +87,7 @@ def cpu_bf16_probe() -> tuple[float, float]:
     """(bf16, fp32) matmul GFLOP/s on this CPU, measured once and cached on disk per CPU, torch version and
     kernel caps."""
     kernels = ",".join(cpu_kernel_caps()) or torch.backends.cpu.get_cpu_capability()
-    key = f"{platform.machine()}|{platform.processor()}|{_cpu_model()}|{torch.__version__}|{kernels}"
+    key = f"{platform.machine()}|{platform.processor()}|{cpu_model()}|{torch.__version__}|{kernels}"
     try:
         cached = json.loads(PROBE_CACHE.read_text())
     except (OSError, ValueError):
@@ -103,7 +103,8 @@ def cpu_bf16_probe() -> tuple[float, float]:
     return rates
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ("" where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -225,6 +226,7 @@ __all__ = [
     "cpu_bf16_flags",
     "cpu_bf16_probe",
     "cpu_kernel_caps",
+    "cpu_model",
     "describe",
     "launcher_precision",
     "native_bf16",
