@@ -74,6 +74,43 @@ def test_time_to_accuracy_reads_the_curves_between_evaluations():
     assert ours["other_seconds_after_own_end"] and not theirs["other_seconds_after_own_end"]
 
 
+def test_time_to_accuracy_of_one_library_reports_its_seeds_without_a_comparison():
+    import dataclasses
+
+    import torch
+    from common import machine_info
+    from time_to_accuracy import Protocol, library_summary, render
+
+    runs = [
+        {
+            "library": "sslhub",
+            "seed": seed,
+            "curve": [{"train_seconds": 0.0, "knn_top1": 0.2}, {"train_seconds": t, "knn_top1": a}],
+            "train_seconds": t,
+            "images_per_second": ips,
+            "peak_memory_mb": mb,
+            "process_seconds": t + 5,
+        }
+        for seed, (t, a, ips, mb) in enumerate([(100.0, 0.44, 1000.0, 900.0), (110.0, 0.46, 900.0, 950.0)])
+    ]
+    one = library_summary(runs, "sslhub")
+    assert one["final_knn_top1"] == pytest.approx(0.45) and one["train_seconds"] == pytest.approx(105.0)
+    assert one["final_knn_top1_std"] == pytest.approx(0.02**0.5 / 10)
+    assert one["images_per_second"] == pytest.approx(950.0) and one["peak_memory_mb"] == 950.0
+    results = {
+        "mode": "full",
+        "machine": machine_info(torch.device("cpu")),
+        "protocol": dataclasses.asdict(Protocol()),
+        "seeds": [0, 1],
+        "runs": runs,
+        "libraries": ["sslhub"],
+        "summary": {"sslhub": one},
+    }
+    report = render(results)
+    assert "Only sslhub ran" in report and "45.0% (44.0%, 46.0%) ± 1.41 (std)" in report
+    assert "| lightly" not in report and "time to reach" not in report
+
+
 def test_equal_epoch_accuracy_is_compared_with_an_exact_permutation_test():
     from time_to_accuracy import equal_epochs, permutation_p_value
 
