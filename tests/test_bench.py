@@ -111,6 +111,18 @@ def test_time_to_accuracy_of_one_library_reports_its_seeds_without_a_comparison(
     assert "| lightly" not in report and "time to reach" not in report
 
 
+def test_precision_step_times_both_precisions_interleaved():
+    from precision_step import main
+
+    results = main(["--batch-sizes", "16", "--rounds", "2", "--steps", "1", "--device", "cpu"])
+    measured = results["batch_16"]
+    median = measured["ms_per_step_median"]
+    assert set(median) == {"fp32", "bf16"} and all(ms > 0 for ms in median.values())
+    assert all(measured["ms_per_step_fastest_round"][p] <= median[p] for p in median)
+    assert measured["fp32_over_bf16"] == pytest.approx(median["fp32"] / median["bf16"])
+    assert results["machine"]["cpu_flags"]["torch_cpu_capability"]
+
+
 def test_equal_epoch_accuracy_is_compared_with_an_exact_permutation_test():
     from time_to_accuracy import equal_epochs, permutation_p_value
 
