@@ -20,7 +20,8 @@ import statistics
 from pathlib import Path
 
 import torch
-from common import Setting, build_sslhub, machine_info, make_inputs, timed, train_step
+from common import build_sslhub, machine_info, make_inputs, timed, train_step
+from step_breakdown import protocol_setting
 from time_to_accuracy import Protocol
 
 PRECISIONS = ("fp32", "bf16")
@@ -31,20 +32,7 @@ def measure(batch_size: int, rounds: int, steps: int, device: torch.device) -> d
     p = Protocol()
     arms = {}
     for precision in PRECISIONS:
-        s = Setting(
-            f"{precision} b{batch_size}",
-            backbone=p.backbone,
-            small_input_stem=False,
-            image_size=p.image_size,
-            batch_size=batch_size,
-            queue_size=p.queue_size,
-            temperature=p.temperature,
-            momentum=p.momentum,
-            precision=precision,
-            channels_last=True,
-            sgd="fused" if device.type in ("cpu", "cuda") else "default",
-            projector_hidden=p.projector_hidden,
-        )
+        s = protocol_setting(batch_size, p.queue_size, precision, device)
         model, optimizer = build_sslhub(s, device, shuffle_bn_splits=p.shuffle_bn_splits)
         views = make_inputs(s, device)
         for _ in range(3):

@@ -55,22 +55,26 @@ from common import (  # noqa: E402
 import sslhub.models.distributed as distributed  # noqa: E402
 
 
-def setting(args) -> Setting:
+def protocol_setting(batch_size: int, queue_size: int, precision: str, device: torch.device) -> Setting:
     """The protocol's model: timm `test_resnet` at 32x32, projector 512 -> 128, fused SGD, channels_last."""
     return Setting(
         "test_resnet-32",
         "test_resnet",
         False,
         32,
-        args.batch_size,
-        queue_size=args.queue_size,
+        batch_size,
+        queue_size=queue_size,
         lr=0.03,
         weight_decay=5e-4,
-        precision=args.precision,
+        precision=precision,
         channels_last=True,
-        sgd="fused" if args.device.type in ("cpu", "cuda") else "default",
+        sgd="fused" if device.type in ("cpu", "cuda") else "default",
         projector_hidden=512,
     )
+
+
+def setting(args) -> Setting:
+    return protocol_setting(args.batch_size, args.queue_size, args.precision, args.device)
 
 
 def measure(runs: dict, args, steps: int, cpu_time: bool = True) -> dict:

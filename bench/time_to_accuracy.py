@@ -589,9 +589,9 @@ def main(argv=None) -> dict:
     # Full runs are kept (per library, the protocol fields it reads, kernel caps, machine and seed) and reused:
     # a stopped benchmark continues, and a setting of one library does not rerun the other.
     quick_folder = Path(tempfile.mkdtemp(prefix="time_to_accuracy-quick-")) if args.quick else None
+    libraries = results["libraries"] = [lib for lib in LIBRARIES if lib in args.libraries]
     for index, seed in enumerate(args.seeds):
-        order = [lib for lib in LIBRARIES if lib in args.libraries]
-        for library in order if index % 2 == 0 else order[::-1]:  # both see the same drift
+        for library in libraries if index % 2 == 0 else libraries[::-1]:  # both see the same drift
             if quick_folder:  # toy runs are never reused
                 folder = quick_folder
             else:
@@ -620,12 +620,11 @@ def main(argv=None) -> dict:
                 flush=True,
             )
     results["seconds"] = time.perf_counter() - started
-    results["libraries"] = [lib for lib in LIBRARIES if lib in args.libraries]
-    if len(results["libraries"]) == 2:
+    if len(libraries) == 2:
         results["summary"] = summarize(results["runs"])
         results["equal_epochs"] = equal_epochs(results["runs"])
     else:
-        results["summary"] = {lib: library_summary(results["runs"], lib) for lib in results["libraries"]}
+        results["summary"] = {lib: library_summary(results["runs"], lib) for lib in libraries}
     first_sslhub = next((r for r in results["runs"] if r["library"] == "sslhub"), {})
     results["sslhub_step_time_ms"] = first_sslhub.get("step_time_ms")
     out = args.out_dir
