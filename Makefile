@@ -43,6 +43,6 @@ bench: $(STAMP)  ## sslhub vs lightly (MoCo v2): bench/RESULTS.md, STEP_BREAKDOW
 	$(BIN)/python bench/step_breakdown.py $(BENCH_ARGS)
 	$(BIN)/python bench/time_to_accuracy.py $(BENCH_ARGS)
 
-gpu-check: $(STAMP)  ## on a GPU machine, at most 10 minutes: bench/results_gpu.json
+gpu-check: $(STAMP)  ## on a GPU machine with PyPI, at most 10 minutes: bench/results_gpu.json (without PyPI: bench/gpu_kit.py)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	PYTHON=$(BIN)/python bash bench/gpu_check.sh

@@ -13,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-CIFAR10 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "train.parquet"
+# The shared CIFAR-10 training split beside the checkout; `SSLHUB_CIFAR10` names another copy (the GPU kit's).
+CIFAR10 = Path(
+    os.environ.get("SSLHUB_CIFAR10")
+    or Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "train.parquet"
+)
 
 
 def split_cifar10(

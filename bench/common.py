@@ -318,6 +318,15 @@ def describe_machine(m: dict) -> str:
     )
 
 
+def _version(distribution: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine_info(device: torch.device) -> dict:
     """What a reader needs to compare numbers across machines (lightly's version when it is installed)."""
     import timm
@@ -339,6 +348,7 @@ def machine_info(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
+        **{name: _version(name) for name in ("transformers", "accelerate", "datasets")},
         "lightly": getattr(lightly, "__version__", "not installed"),
         "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }

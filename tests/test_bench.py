@@ -41,6 +41,21 @@ def test_gpu_check_dry_runs_every_part_on_a_cpu(tmp_path):
     assert run["steps"] == 3 and 0 <= run["knn_top1"] <= 1 and "forward_backward" in run["step_time_ms"]
 
 
+def test_gpu_kit_packs_what_the_gpu_machine_lacks_at_the_versions_tested_here():
+    import importlib.metadata
+
+    from gpu_kit import DEVICE_PACKAGES, kit_distributions, requirement_closure
+
+    kit = kit_distributions(["sslhub"])
+    assert {"datasets", "dill", "multiprocess"} <= set(kit)  # the H200 image has no `datasets`
+    assert not {"torch", "transformers", "timm", "accelerate", "numpy", "sslhub"} & set(kit)  # it has these
+    assert kit["datasets"] == importlib.metadata.version("datasets")
+    without_transformers = " ".join(name for name in DEVICE_PACKAGES.split() if name != "transformers")
+    assert "transformers" in kit_distributions(["sslhub"], without_transformers)
+    with pytest.raises(SystemExit, match="not installed here: a-distribution-nobody-installed"):
+        requirement_closure(["sslhub", "a-distribution-nobody-installed"])
+
+
 def test_time_to_accuracy_reads_the_curves_between_evaluations():
     from time_to_accuracy import accuracy_at, summarize, time_to_reach
 
