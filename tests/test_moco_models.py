@@ -254,7 +254,10 @@ def test_activation_checkpointing_gives_the_same_gradients():
     _primary(model(**inputs)).backward()
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    # transformers 5.2x renamed `gradient_checkpointing_enable` (kept as a deprecated alias); older 5.x only
+    # has the old name: sslhub's models work with either.
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
     assert model.backbone.grad_checkpointing
     _primary(model(**inputs)).backward()
     for parameter, grad in zip(model.parameters(), expected, strict=True):

@@ -79,9 +79,13 @@ def report_final_folder(final: Path, metrics: dict[str, Any]) -> str:
     lines = []
     if "images_per_second" in metrics:
         precision = metrics.get("mixed_precision", "?")
+        step_ms = metrics.get("step_time_ms", {})
+        paused = sum(step_ms.get(part, 0.0) for part in ("evaluation", "checkpoint")) * metrics["steps"] / 1e3
+        of_which = f" ({paused:.1f} s of them kNN monitor and checkpoints)" if paused > 0 else ""
         lines.append(
-            f"Trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s at {metrics['images_per_second']:.0f} "
-            f"images/s ({'fp32' if precision == 'no' else precision}; {metrics.get('precision_reason', '')})"
+            f"Trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s{of_which} at "
+            f"{metrics['images_per_second']:.0f} images/s "
+            f"({'fp32' if precision == 'no' else precision}; {metrics.get('precision_reason', '')})"
         )
     if "knn_top1" in metrics:
         before = metrics.get("knn_top1_random_init")
