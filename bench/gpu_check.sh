@@ -14,11 +14,15 @@ if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
-if compgen -G ".gpu/wheels/*.whl" >/dev/null && ! "$PYTHON" -c "import datasets, lightly" 2>/dev/null; then
+# The kit, where this Python lacks sslhub's dependencies (datasets is the one the GPU image lacks).
+if compgen -G ".gpu/wheels/*.whl" >/dev/null && ! "$PYTHON" -c "import datasets" 2>/dev/null; then
     site="$(mktemp -d)"
-    "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" .gpu/wheels/*.whl
-    export PYTHONPATH="$PYTHONPATH:$site"  # the kit holds only what the machine lacks: it shadows nothing
-    echo "installed $(ls .gpu/wheels | wc -l) wheels of .gpu/wheels into $site"
+    if "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --target "$site" .gpu/wheels/*.whl; then
+        export PYTHONPATH="$PYTHONPATH:$site"  # the kit holds only what the machine lacks: it shadows nothing
+        echo "installed $(ls .gpu/wheels | wc -l) wheels of .gpu/wheels into $site"
+    else
+        echo "warning: the wheels of .gpu/wheels do not install here (made for another Python?); going on without them" >&2
+    fi
 fi
 if [ -f .gpu/cifar10/train.parquet ] && [ -z "${SSLHUB_CIFAR10:-}" ]; then
     export SSLHUB_CIFAR10="$PWD/.gpu/cifar10/train.parquet"

@@ -197,12 +197,15 @@ def test_hue_shift_handles_grey_black_white_and_tied_pixels():
 def test_color_jitter_matches_torchvisions_random_order():
     # torchvision's ColorJitter draws an order (fn_idx) and four factors per call: replay them on a batch.
     jitter = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)
+    # torchvision 0.21 made `_get_params` / `_transform` public as `make_params` / `transform`.
+    make_params = getattr(jitter, "make_params", None) or jitter._get_params
+    transform = getattr(jitter, "transform", None) or jitter._transform
     x = _images(48, 8)
     expected, params = [], []
     for index, image in enumerate(x):
         torch.manual_seed(index)
-        params.append(jitter.make_params([image]))
-        expected.append(jitter.transform(image, params[-1]))
+        params.append(make_params([image]))
+        expected.append(transform(image, params[-1]))
     order = torch.stack([p["fn_idx"] for p in params])
     assert len({tuple(row.tolist()) for row in order}) > 15  # most of the 24 orders occur
     names = ("brightness", "contrast", "saturation", "hue")
