@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-slow test-lowest lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ test: $(STAMP)  ## the default test suite (CPU, offline, a few minutes)
 test-slow: $(STAMP)  ## the slow tests (multi-process runs, longer trainings)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "slow and not hub"
 
+# The default suite on the lowest versions pyproject.toml allows (uv's lowest-direct resolution), in its own
+# virtual environment: the check of the lower bounds. Downloads several GB (torch's CUDA wheels) once.
+LOWEST := .venv-lowest
+test-lowest:  ## the default suite on the lowest dependency versions allowed
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip uv
+	$(LOWEST)/bin/uv pip compile --quiet --resolution lowest-direct --python $(LOWEST)/bin/python \
+		pyproject.toml --extra dev -o $(LOWEST)/requirements.txt
+	$(LOWEST)/bin/python -m pip install --quiet -r $(LOWEST)/requirements.txt
+	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e .
+	HF_HUB_OFFLINE=1 $(LOWEST)/bin/python -m pytest -m "not slow and not hub" -n $(PYTEST_WORKERS) --maxprocesses 4
+
 lint: $(STAMP)
 	$(BIN)/ruff check sslhub sslhub_cli.py recipes tests bench scripts
 	$(BIN)/ruff format --check sslhub sslhub_cli.py recipes tests bench scripts
@@ -34,7 +46,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix sslhub sslhub_cli.py recipes tests bench scripts
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LOWEST) outputs .pytest_cache
 
 .PHONY: bench gpu-check
 bench: $(STAMP)  ## sslhub vs lightly (MoCo v2): bench/RESULTS.md, STEP_BREAKDOWN.md, TIME_TO_ACCURACY.md (about 1.5 h of a quiet machine); BENCH_ARGS=--quick for toy sizes
