@@ -79,8 +79,13 @@ def report_final_folder(final: Path, metrics: dict[str, Any]) -> str:
     lines = []
     if "images_per_second" in metrics:
         precision = metrics.get("mixed_precision", "?")
+        # The monitor's and checkpoints' share of the timed steps, of this process's wall time (`steps` also
+        # counts a resumed run's earlier part, which neither the times nor `train_seconds` cover).
         step_ms = metrics.get("step_time_ms", {})
-        paused = sum(step_ms.get(part, 0.0) for part in ("evaluation", "checkpoint")) * metrics["steps"] / 1e3
+        share = sum(step_ms.get(part, 0.0) for part in ("evaluation", "checkpoint")) / max(
+            step_ms.get("total", 0), 1e-9
+        )
+        paused = share * metrics["train_seconds"]
         of_which = f" ({paused:.1f} s of them kNN monitor and checkpoints)" if paused > 0 else ""
         lines.append(
             f"Trained {metrics['steps']} steps in {metrics['train_seconds']:.0f} s{of_which} at "
