@@ -246,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--exporter",
         choices=("dynamo", "torchscript"),
-        default="dynamo",
-        help="torch.onnx.export(dynamo=True), the default, or the deprecated TorchScript exporter",
+        help="torch.onnx.export(dynamo=True), the default from torch 2.5, or the deprecated TorchScript "
+        "exporter (the default before)",
     )
     p.add_argument("--atol", type=float, default=1e-4, help="largest difference the check accepts (1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with ONNX Runtime")

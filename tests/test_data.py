@@ -169,13 +169,24 @@ def test_streaming_dataset_yields_renamed_columns():
     assert set(first) == {"image", "label"}
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16"])
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA"])
 def test_every_mode_becomes_rgb(mode):
     image = Image.new("RGB", (8, 8), (30, 120, 200)).convert(mode)
     buffer = io.BytesIO()
-    image.save(buffer, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    image.save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
     decoded = decode_image({"bytes": buffer.getvalue(), "path": None})
     assert decoded.mode == "RGB" and decoded.size == (8, 8)
+
+
+@pytest.mark.parametrize("file_format", ["PNG", "TIFF"])
+def test_16_bit_grey_keeps_its_high_byte(file_format):
+    # A 16-bit scan or medical image (mode I;16, as Pillow reads it from a 16-bit PNG or TIFF): 40000 of 65535
+    # is grey 156 of 255, not clipped to white.
+    image = Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format=file_format)
+    decoded = decode_image({"bytes": buffer.getvalue(), "path": None})
+    assert decoded.mode == "RGB" and decoded.getpixel((0, 0)) == (156, 156, 156)
 
 
 def test_transparent_pixels_become_white():

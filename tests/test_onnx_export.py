@@ -67,6 +67,26 @@ def test_torchscript_exporter_is_available(tmp_path):
     assert check_onnx(model, path) <= 1e-4
 
 
+def test_torch_without_the_dynamo_exporter_defaults_to_torchscript(tmp_path, monkeypatch, capsys):
+    # torch 2.4's torch.onnx.export has a `dynamo` flag but no `dynamic_shapes`.
+    from sslhub.hub import onnx_export
+
+    def torch_2_4_export(model, args, f=None, *, dynamic_axes=None, dynamo=False, **kwargs):
+        assert not dynamo
+        return torch_export(model, args, f, dynamic_axes=dynamic_axes, dynamo=False, **kwargs)
+
+    torch_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", torch_2_4_export)
+    assert onnx_export.default_exporter() == "torchscript"
+    model = MoCoModel(tiny_moco_v2()).eval()
+    with pytest.raises(ValueError, match=r"dynamo exporter needs torch >= 2.5.*exporter='torchscript'"):
+        export_onnx(model, tmp_path / "dynamo.onnx", exporter="dynamo")
+    assert not (tmp_path / "dynamo.onnx").exists()
+    model.save_pretrained(tmp_path / "model")
+    assert main(["export", "onnx", str(tmp_path / "model"), str(tmp_path / "model.onnx")]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+
+
 def test_unknown_output_and_exporter_are_refused(tmp_path):
     model = MoCoModel(tiny_moco_v2(projector_num_layers=0))
     with pytest.raises(ValueError, match="has no 'projection' output"):

@@ -2,6 +2,7 @@
 the loss watch."""
 
 import math
+import pickle
 import re
 from dataclasses import dataclass
 
@@ -148,6 +149,35 @@ def test_half_written_checkpoints_are_never_the_latest(tmp_path):
     assert resolve_resume("latest", tmp_path / "empty") is None
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         resolve_resume(str(tmp_path / "missing"), tmp_path)
+
+
+@pytest.mark.parametrize("readable", [True, False], ids=["restored", "unreadable"])
+def test_resume_restores_the_random_states_or_says_it_could_not(tmp_path, monkeypatch, capsys, readable):
+    from accelerate import Accelerator
+
+    from sslhub.training import Checkpointer
+
+    accelerator = Accelerator(cpu=True)
+    checkpointer = Checkpointer(accelerator, tmp_path)
+    torch.manual_seed(3)
+    checkpointer.save(4)
+    expected = torch.rand(3)  # what an uninterrupted run draws next
+    if not readable:
+        # As accelerate's safe unpickling fails where it lacks the numpy types the states hold (numpy < 1.25).
+        torch_load = torch.load
+
+        def load(f, *args, **kwargs):
+            if "random_states" in str(f):
+                raise pickle.UnpicklingError("Weights only load failed.")
+            return torch_load(f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "load", load)
+    checkpointer.state.step = 0
+    assert checkpointer.resume("latest") == 4
+    drawn = torch.rand(3)
+    warning = capsys.readouterr().err
+    assert torch.equal(drawn, expected) == readable
+    assert ("random states in" in warning and "will not be identical" in warning) == (not readable)
 
 
 def test_loss_watch_raises_on_nan_and_names_the_steps(tmp_path):

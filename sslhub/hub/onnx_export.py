@@ -11,12 +11,14 @@ constraint (`torch.export.Dim`) rather than a hope that nothing in the Python co
 batch size into the graph. Measured on timm ResNets (with and without the small-input stem), ViTs (with
 MoCo v3's fixed sin-cos position embedding), EfficientNets and the colorization encoder's Lab conversion:
 both exporters agree with PyTorch to about 1e-6; the TorchScript exporter stays available
-(`exporter="torchscript"`) for a model that `torch.export` cannot capture.
+(`exporter="torchscript"`) for a model that `torch.export` cannot capture, and is the default where torch
+is older than 2.5 (its `torch.onnx.export` takes no `dynamic_shapes`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from pathlib import Path
 
@@ -29,6 +31,16 @@ version conversion runs, and ONNX Runtime from 1.14 and TensorRT from 8.6 load t
 
 EXPORTERS = ("dynamo", "torchscript")
 _ONNX_EXTRA = "pip install 'sslhub[onnx]'"
+
+
+def dynamo_exporter_available() -> bool:
+    """Whether this torch's `torch.onnx.export` takes `dynamic_shapes` (torch 2.5 and newer)."""
+    return "dynamic_shapes" in inspect.signature(torch.onnx.export).parameters
+
+
+def default_exporter() -> str:
+    """`"dynamo"` where this torch has it, else `"torchscript"`."""
+    return "dynamo" if dynamo_exporter_available() else "torchscript"
 
 
 def _require(*modules: str) -> None:
@@ -82,7 +94,7 @@ def export_onnx(
     *,
     output: str = "pooler_output",
     opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
+    exporter: str | None = None,
 ) -> Path:
     """Export a model's embedding to ONNX: input `pixel_values` (batch, 3, H, W), one output, float32.
 
@@ -96,18 +108,26 @@ def export_onnx(
         output: the model output the graph returns, named as in the model's output: `"pooler_output"`
             (the pooled embedding), `"projection"` (the projection head's, where the model has one).
         opset: the ONNX opset (default `DEFAULT_OPSET`, 18).
-        exporter: `"dynamo"` (`torch.onnx.export(..., dynamo=True)`, torch's default) or `"torchscript"`
-            (the deprecated tracing exporter, for a model `torch.export` cannot capture).
+        exporter: `"dynamo"` (`torch.onnx.export(..., dynamo=True)`, torch's default; needs torch 2.5) or
+            `"torchscript"` (the deprecated tracing exporter, for a model `torch.export` cannot capture);
+            default (`None`): `default_exporter()`, the dynamo exporter where this torch has it.
 
     Returns:
         `output_path`.
 
     Raises:
         ImportError: onnx (or onnxscript, for the dynamo exporter) is not installed.
-        ValueError: an unknown `exporter`, or an `output` the model does not return.
+        ValueError: an unknown `exporter`, `"dynamo"` on torch < 2.5, or an `output` the model does not
+            return.
     """
+    exporter = exporter or default_exporter()
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}, got {exporter!r}")
+    if exporter == "dynamo" and not dynamo_exporter_available():
+        raise ValueError(
+            f"the dynamo exporter needs torch >= 2.5 (torch {torch.__version__}'s torch.onnx.export takes no "
+            "dynamic_shapes): use exporter='torchscript' (`--exporter torchscript`), or upgrade torch"
+        )
     _require("onnx", *(["onnxscript"] if exporter == "dynamo" else []))
     model = load_model(model)
     was_training, parameter = model.training, next(model.parameters())

@@ -6,11 +6,14 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from accelerate.utils.constants import RNG_STATE_NAME
 
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
@@ -88,8 +91,24 @@ class Checkpointer:
         self.last = resolve_resume(resume, self.output_dir)
         if self.last is not None:
             self.accelerator.load_state(str(self.last))
+            self._check_random_states()
             self.accelerator.print(f"resumed from {self.last} at step {self.state.step}")
         return self.state.step
+
+    def _check_random_states(self) -> None:
+        """Warn where accelerate could not restore the checkpoint's random states: it only logs that at info
+        level, and the run then goes on with other random numbers (data order, dropout) than an
+        uninterrupted one (seen with numpy < 1.25, which accelerate's safe unpickling cannot read)."""
+        path = self.last / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl"
+        try:
+            accelerate_load(path)
+        except Exception as error:  # what accelerate's load_state swallows
+            print(
+                f"warning: the random states in {path} could not be restored ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:120]}): the resumed run goes on, but will not be identical to "
+                "an uninterrupted one",
+                file=sys.stderr,
+            )
 
     def save(self, step: int) -> Path:
         """Write the checkpoint of optimizer step `step` (every process takes part)."""
