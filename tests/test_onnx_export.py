@@ -67,6 +67,13 @@ def test_torchscript_exporter_is_available(tmp_path):
     assert check_onnx(model, path) <= 1e-4
 
 
+def test_torch_from_2_5_exports_with_dynamo_by_default():
+    from sslhub.hub.onnx_export import default_exporter
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    assert default_exporter() == ("dynamo" if (major, minor) >= (2, 5) else "torchscript")
+
+
 def test_torch_without_the_dynamo_exporter_defaults_to_torchscript(tmp_path, monkeypatch, capsys):
     # torch 2.4's torch.onnx.export has a `dynamo` flag but no `dynamic_shapes`.
     from sslhub.hub import onnx_export
