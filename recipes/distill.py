@@ -54,6 +54,7 @@ from sslhub.training import (
     command_line,
     create_accelerator,
     create_optimizer,
+    end_training,
     kmeans,
     learning_rate_at,
     load_teacher,
@@ -376,7 +377,7 @@ def main(args: DistillArguments) -> dict[str, float]:
                 **metrics,
             },
         )
-    accelerator.end_training()
+    end_training(accelerator)
     return metrics
 
 

@@ -82,6 +82,7 @@ from sslhub.training import (
     command_line,
     create_accelerator,
     create_finetune_optimizer,
+    end_training,
     learning_rate_at,
     micro_batches,
     parse_args,
@@ -551,7 +552,7 @@ def main(args: EvalArguments) -> dict:
                 else [output_dir / "logs", *model_log_dirs(args.model)],
             )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     return results
 
 

@@ -46,6 +46,7 @@ from sslhub.training import (
     command_line,
     create_accelerator,
     create_optimizer,
+    end_training,
     learning_rate_at,
     micro_batches,
     parse_args,
@@ -313,7 +314,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
             ),
             metrics=metrics,
         )
-    accelerator.end_training()
+    end_training(accelerator)
     return metrics
 
 

@@ -36,6 +36,7 @@ from sslhub.training import (
     command_line,
     create_accelerator,
     create_optimizer,
+    end_training,
     learning_rate_at,
     micro_batches,
     parse_args,
@@ -253,7 +254,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
             ),
             metrics=metrics,
         )
-    accelerator.end_training()
+    end_training(accelerator)
     return metrics
 
 

@@ -12,7 +12,7 @@
 - `final`: the end of a run (`publish_final_model`).
 """
 
-from .accelerator import create_accelerator
+from .accelerator import create_accelerator, end_training
 from .arguments import TrainingArguments, save_arguments, setting
 from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
 from .final import command_line, publish_final_model, save_final_model
@@ -66,6 +66,7 @@ __all__ = [
     "command_line",
     "cosine_lr",
     "create_accelerator",
+    "end_training",
     "create_finetune_optimizer",
     "create_optimizer",
     "finetune_param_groups",

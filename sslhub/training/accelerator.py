@@ -89,10 +89,26 @@ def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator
     return accelerator
 
 
+def end_training(accelerator: Accelerator) -> None:
+    """`accelerator.end_training()`, finishing a trackio run through trackio itself.
+
+    Accelerate's trackio tracker finishes its run but leaves it trackio's current run, so trackio's exit hook
+    finishes it a second time ("Run finished" twice); `trackio.finish()` finishes it and lets it go.
+    """
+    for tracker in list(accelerator.trackers):
+        if tracker.name == "trackio" and accelerator.is_main_process:
+            import trackio
+
+            trackio.finish()
+            accelerator.trackers.remove(tracker)
+    accelerator.end_training()
+
+
 __all__ = [
     "TRACKERS",
     "PrecisionChoice",
     "create_accelerator",
+    "end_training",
     "installed_trackers",
     "launch_device",
     "resolve_report_to",
