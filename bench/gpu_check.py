@@ -193,11 +193,18 @@ def augmentation(args, results: dict) -> None:
         "batch_size": batch,
         "image_pairs_per_second": batch * calls / seconds,
     }
+    if not args.dry_run:  # the pixel work compiled (`--compile true`): fused kernels instead of dozens
+        compiled = BatchedTwoViewAugmentation("v2", size, CIFAR_MEAN, CIFAR_STD, compile=True)
+        started = time.perf_counter()
+        timed(lambda: compiled(images, generator), args.device, 2)
+        results["augmentation"]["compile_seconds"] = time.perf_counter() - started
+        seconds = timed(lambda: compiled(images, generator), args.device, calls)
+        results["augmentation"]["compiled_image_pairs_per_second"] = batch * calls / seconds
     print(f"[augmentation] {results['augmentation']}", flush=True)
 
     # The loop at the 2-minute run's setting, a small model, where the views cost most (preset shuffle-BN).
     loop = SimpleNamespace(device=args.device, repeats=3, steps=3 if args.dry_run else 50)
-    rows = step_breakdown.views_ahead(loop, setting(args, "resnet18-32"))
+    rows = step_breakdown.views_ahead(loop, setting(args, "resnet18-32"), compiled=not args.dry_run)
     results["views_ahead"] = {"setting": setting(args, "resnet18-32").label, **rows}
 
 

@@ -158,9 +158,10 @@ def step_variants(args) -> dict:
     return rows
 
 
-def views_ahead(args, s: Setting, splits: int = 8) -> dict:
+def views_ahead(args, s: Setting, splits: int = 8, compiled: bool = False) -> dict:
     """The loop over uint8 CPU batches (pinned for a GPU) of setting `s`: views made in turn vs ahead, the
-    step as above (`args`: device, repeats, steps)."""
+    step as above (`args`: device, repeats, steps); with `compiled`, also in turn with the augmentation's
+    pixel work compiled (`--compile true`'s views; its compile time is left out, in the warm-up call)."""
     from types import SimpleNamespace
 
     from sslhub.training import MicroBatch, TwoViews, ViewsAhead
@@ -170,8 +171,10 @@ def views_ahead(args, s: Setting, splits: int = 8) -> dict:
     images = [torch.randint(0, 256, shape, generator=generator).to(torch.uint8) for _ in range(4)]
     if args.device.type == "cuda":
         images = [image.pin_memory() for image in images]
-    settings = SimpleNamespace(batched_augmentation=True, channels_last=True)
+    settings = SimpleNamespace(batched_augmentation=True, channels_last=True, compile=False)
     views = TwoViews(settings, "v2", s.image_size, CIFAR_MEAN, CIFAR_STD, device=args.device)
+    settings = SimpleNamespace(batched_augmentation=True, channels_last=True, compile=True)
+    compiled_views = TwoViews(settings, "v2", s.image_size, CIFAR_MEAN, CIFAR_STD, device=args.device)
     accelerator = SimpleNamespace(device=args.device, num_processes=1, process_index=0)
     model, optimizer = build_sslhub(s, args.device, splits)
 
@@ -180,11 +183,13 @@ def views_ahead(args, s: Setting, splits: int = 8) -> dict:
             batch = {"pixel_values": images[index % len(images)]}
             yield MicroBatch(batch, 0, index, first=True, last=True, epoch_end=index == args.steps - 1)
 
-    def loop(ahead: bool) -> None:
+    def loop(ahead: bool, views=views) -> None:
         for _, query, key in ViewsAhead(views, accelerator, 0, ahead=ahead)(micro_batches()):
             train_step("sslhub", model, optimizer, query, key, s, args.device)
 
     runs = {"views in turn": lambda: loop(False), "views ahead (--prefetch)": lambda: loop(True)}
+    if compiled:
+        runs["views in turn, augmentation compiled"] = lambda: loop(False, compiled_views)
     for call in runs.values():
         call()
     rows = measure(runs, SimpleNamespace(**{**vars(args), "batch_size": s.batch_size}), 1, cpu_time=False)
@@ -222,6 +227,8 @@ def recipe_runs(args) -> dict:
         "--prefetch true": ["--prefetch", "true"],
         "--channels_last false (NCHW)": ["--channels_last", "false"],
     }
+    if not args.quick:  # compiling takes longer than the quick mode's whole run
+        variants["--compile true (model and augmentation)"] = ["--compile", "true"]
     rows = {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     for name, extra in variants.items():
@@ -321,7 +328,7 @@ def main(argv=None) -> dict:
         },
     }
     results["step"] = step_variants(args)
-    results["views_ahead"] = views_ahead(args, setting(args))
+    results["views_ahead"] = views_ahead(args, setting(args), compiled=not args.quick)
     if args.recipe:
         results["recipe"] = recipe_runs(args)
     results["load_average_at_end"] = os.getloadavg()[0]

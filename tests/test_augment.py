@@ -357,3 +357,20 @@ def test_whole_batch_path_makes_the_views_of_the_subset_path(monkeypatch, preset
     for view, reference in zip(got, expected, strict=True):
         torch.testing.assert_close(view, reference, rtol=1e-5, atol=1e-5)
     assert not ops & HOST_SYNC_OPS, ops & HOST_SYNC_OPS
+
+
+@pytest.mark.slow  # compiling two graphs: half a minute to a minute with a cold inductor cache
+def test_compiled_views_are_the_eager_views_from_the_same_random_stream():
+    # `--compile true`: each view's pixel work is one compiled function (whole-batch masks, no subsets); the
+    # random parameters are drawn eagerly, in the same order, so the generator ends where the eager one does.
+    images = _uint8_images(16, 40, seed=8)
+    eager, compiled = (
+        BatchedTwoViewAugmentation("v2", 32, MEAN, STD, compile=flag) for flag in (False, True)
+    )
+    for seed in (9, 10):  # the second batch reuses the compiled graphs
+        generators = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        expected, got = eager(images, generators[0]), compiled(images, generators[1])
+        for view, reference in zip(got, expected, strict=True):
+            torch.testing.assert_close(view, reference, rtol=1e-5, atol=1e-5)
+        assert torch.equal(generators[0].get_state(), generators[1].get_state())
+    assert set(compiled._compiled) == set(compiled.views)  # one compiled function per view

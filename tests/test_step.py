@@ -100,7 +100,7 @@ def _micro_batches(epochs: int = 2, per_epoch: int = 3, log: list | None = None)
 
 
 def _views_ahead(ahead: bool) -> ViewsAhead:
-    args = SimpleNamespace(batched_augmentation=True, channels_last=True)
+    args = SimpleNamespace(batched_augmentation=True, channels_last=True, compile=False)
     views = TwoViews(args, "v2", 32, MEAN, STD, device=torch.device("cpu"))
     accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index=0)
     return ViewsAhead(views, accelerator, seed=3, ahead=ahead)

@@ -77,9 +77,10 @@ def crop_boxes(
 
 
 def _on_subsets(x: torch.Tensor) -> bool:
-    """Whether to apply a per-image operation to the subset of images that draw it (CPU: least work) or to
-    the whole batch, keeping its result where drawn (other devices: a subset's size would sync the host)."""
-    return x.device.type == "cpu"
+    """Whether to apply a per-image operation to the subset of images that draw it (eager CPU: least work)
+    or to the whole batch, keeping its result where drawn (other devices: a subset's size would sync the
+    host; compiled: one fused loop, no data-dependent shapes)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _apply_where(x: torch.Tensor, chosen: torch.Tensor, operation, *per_image: torch.Tensor) -> torch.Tensor:
@@ -227,16 +228,23 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return flat.view(n, c, h, w)
 
 
-# One batched implementation per operation of the preset table: `(x, operation, generator, image_size)`,
-# x float (N, 3, H, W) in [0, 1]; each draws its random parameters from `generator`, in this order.
+# One batched implementation per operation of the preset table, in two halves: `draw(operation, n, height,
+# width, generator, device)` draws the operation's random parameters for n images of height x width, and
+# `apply(x, operation, parameters, image_size)` does its pixel work on x float (N, 3, H, W) in [0, 1]. A view
+# draws every operation's parameters, in order, before any pixel work: the random stream is the one of
+# drawing and applying in turn, and the pixel work is one pure function of tensors (compilable whole).
+
+
+def _draw_crop(operation: presets.ResizedCrop, n, height, width, generator, device) -> torch.Tensor:
+    return crop_boxes(n, height, width, operation.scale, operation.ratio, generator, device)
 
 
 def _resized_crop(
-    x: torch.Tensor, operation: presets.ResizedCrop, generator: torch.Generator, image_size: int
+    x: torch.Tensor, operation: presets.ResizedCrop, boxes: torch.Tensor, image_size: int
 ) -> torch.Tensor:
-    n, _, height, width = x.shape
-    boxes = crop_boxes(n, height, width, operation.scale, operation.ratio, generator, x.device)
-    rois = torch.cat([torch.arange(n, device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1)
+    rois = torch.cat(
+        [torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None], boxes.to(x.dtype)], dim=1
+    )
     return roi_align(
         x,
         rois,
@@ -247,10 +255,7 @@ def _resized_crop(
     )  # (N, 3, S, S)
 
 
-def _color_jitter(
-    x: torch.Tensor, operation: presets.ColorJitter, generator: torch.Generator, image_size: int
-) -> torch.Tensor:
-    n, device = len(x), x.device
+def _draw_jitter(operation: presets.ColorJitter, n, height, width, generator, device) -> tuple:
     order = jitter_order(_bernoulli(n, operation.p, generator, device), generator)
     ranges = (
         (max(0.0, 1 - operation.brightness), 1 + operation.brightness),
@@ -259,47 +264,82 @@ def _color_jitter(
         (-operation.hue, operation.hue),
     )
     factors = [None if low == high else _uniform(n, low, high, generator, device) for low, high in ranges]
+    return order, factors
+
+
+def _color_jitter(
+    x: torch.Tensor, operation: presets.ColorJitter, drawn: tuple, image_size: int
+) -> torch.Tensor:
+    order, factors = drawn
     return color_jitter(x, *factors, order=order)
 
 
+def _draw_chosen(operation, n, height, width, generator, device) -> torch.Tensor:
+    """Which images (N,) an operation applied with probability `operation.p` changes."""
+    return _bernoulli(n, operation.p, generator, device)
+
+
 def _random_grayscale(
-    x: torch.Tensor, operation: presets.Grayscale, generator: torch.Generator, image_size: int
+    x: torch.Tensor, operation: presets.Grayscale, gray: torch.Tensor, image_size: int
 ) -> torch.Tensor:
-    gray = _bernoulli(len(x), operation.p, generator, x.device)
     return torch.where(_per_image(gray), _grayscale(x).expand_as(x), x)
 
 
+def _draw_blur(operation: presets.GaussianBlur, n, height, width, generator, device) -> tuple:
+    return _bernoulli(n, operation.p, generator, device), _uniform(n, *operation.sigma, generator, device)
+
+
 def _gaussian_blur(
-    x: torch.Tensor, operation: presets.GaussianBlur, generator: torch.Generator, image_size: int
+    x: torch.Tensor, operation: presets.GaussianBlur, drawn: tuple, image_size: int
 ) -> torch.Tensor:
-    blur = _bernoulli(len(x), operation.p, generator, x.device)
-    sigma = _uniform(len(x), *operation.sigma, generator, x.device)
+    blur, sigma = drawn
     kernel_size = operation.kernel_size(image_size)
     return _apply_where(x.clone(), blur, lambda images, s: gaussian_blur(images, s, kernel_size), sigma)
 
 
 def _solarize(
-    x: torch.Tensor, operation: presets.Solarize, generator: torch.Generator, image_size: int
+    x: torch.Tensor, operation: presets.Solarize, solarize: torch.Tensor, image_size: int
 ) -> torch.Tensor:
-    solarize = _bernoulli(len(x), operation.p, generator, x.device)
     return torch.where(_per_image(solarize) & (x >= operation.threshold / 255), 1 - x, x)
 
 
 def _horizontal_flip(
-    x: torch.Tensor, operation: presets.HorizontalFlip, generator: torch.Generator, image_size: int
+    x: torch.Tensor, operation: presets.HorizontalFlip, flip: torch.Tensor, image_size: int
 ) -> torch.Tensor:
-    flip = _bernoulli(len(x), operation.p, generator, x.device)
     return torch.where(_per_image(flip), x.flip(-1), x)
 
 
-_BATCHED = {
-    presets.ResizedCrop: _resized_crop,
-    presets.ColorJitter: _color_jitter,
-    presets.Grayscale: _random_grayscale,
-    presets.GaussianBlur: _gaussian_blur,
-    presets.Solarize: _solarize,
-    presets.HorizontalFlip: _horizontal_flip,
+_BATCHED = {  # operation type: (draw, apply)
+    presets.ResizedCrop: (_draw_crop, _resized_crop),
+    presets.ColorJitter: (_draw_jitter, _color_jitter),
+    presets.Grayscale: (_draw_chosen, _random_grayscale),
+    presets.GaussianBlur: (_draw_blur, _gaussian_blur),
+    presets.Solarize: (_draw_chosen, _solarize),
+    presets.HorizontalFlip: (_draw_chosen, _horizontal_flip),
 }
+
+
+def draw_view(view: presets.View, images: torch.Tensor, generator: torch.Generator) -> list:
+    """The random parameters of every operation of `view` for the uint8 batch `images` (N, 3, H, W)."""
+    n, _, height, width = images.shape
+    return [_BATCHED[type(op)][0](op, n, height, width, generator, images.device) for op in view]
+
+
+def apply_view(
+    images: torch.Tensor,
+    parameters: list,
+    view: presets.View,
+    image_size: int,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> torch.Tensor:
+    """The pixel work of `view` with its drawn `parameters` on uint8 `images`: the view (N, 3, S, S) float32,
+    normalized by `mean` and `std` (1, 3, 1, 1). The first operation is expected to be the crop, which sizes
+    the output."""
+    x = images.float() / 255
+    for operation, drawn in zip(view, parameters, strict=True):
+        x = _BATCHED[type(operation)][1](x, operation, drawn, image_size)
+    return (x - mean) / std
 
 
 class BatchedTwoViewAugmentation:
@@ -311,30 +351,44 @@ class BatchedTwoViewAugmentation:
         image_size: output side.
         mean, std: normalization of the output.
         min_scale: overrides the crop's lower scale bound.
+        compile: `torch.compile` each view's pixel work (`apply_view`) into one fused function: its
+            elementwise passes (jitter, hue, blur, masks) become a few loops instead of dozens of kernels.
+            The first batch of each view compiles (seconds to a minute; a C++ compiler on the CPU); the views
+            are the eager ones up to float rounding, from the same random stream.
 
     Attributes:
         views: the (query, key) operations applied, in order (`presets.preset_views`).
     """
 
-    def __init__(self, preset: str, image_size: int, mean, std, min_scale: float | None = None) -> None:
+    def __init__(
+        self, preset: str, image_size: int, mean, std, min_scale: float | None = None, compile: bool = False
+    ) -> None:
         self.views = presets.preset_views(preset, image_size, min_scale)
         self.image_size = image_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.compile = compile
         self._normalization = {}  # device -> (mean, std) there: copied once (a copy to a GPU waits for it)
+        self._compiled = {}  # view -> its compiled apply_view
+
+    def _pixels(self, view: presets.View):
+        if not self.compile:
+            return apply_view
+        if view not in self._compiled:
+            # One graph per view (its operations are constants of the graph); batches keep their size.
+            self._compiled[view] = torch.compile(apply_view, dynamic=False)
+        return self._compiled[view]
 
     def view(self, images: torch.Tensor, view: presets.View, generator: torch.Generator) -> torch.Tensor:
         """One augmented, normalized view (N, 3, S, S) float32 of uint8 images (N, 3, H, W).
 
         `view`'s operations run in order; the first is expected to be the crop, which sizes the output.
         """
-        x = images.float() / 255
-        for operation in view:
-            x = _BATCHED[type(operation)](x, operation, generator, self.image_size)
-        if x.device not in self._normalization:
-            self._normalization[x.device] = (self.mean.to(x.device), self.std.to(x.device))
-        mean, std = self._normalization[x.device]
-        return (x - mean) / std
+        if images.device not in self._normalization:
+            self._normalization[images.device] = (self.mean.to(images.device), self.std.to(images.device))
+        mean, std = self._normalization[images.device]
+        parameters = draw_view(view, images, generator)
+        return self._pixels(view)(images, parameters, view, self.image_size, mean, std)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """`(query_view, key_view)` of a uint8 batch (N, 3, H, W)."""

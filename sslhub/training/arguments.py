@@ -82,8 +82,9 @@ class TrainingArguments:
     channels_last: bool = setting(True, "channels_last memory format (faster convolutions)")
     compile: bool = setting(
         False,
-        "torch.compile the model in place (seconds to a minute of compiling first, a C++ compiler on CPU; "
-        "on 2 CPU cores steps were at most a tenth faster: bench/step_breakdown.py measures it)",
+        "torch.compile the model in place, and the batched augmentation's pixel work (seconds to a minute of "
+        "compiling first, a C++ compiler on CPU; on 2 CPU cores steps were at most a tenth faster: "
+        "bench/step_breakdown.py measures it)",
     )
     prefetch: bool = setting(
         False,

@@ -137,7 +137,8 @@ def cache_images(args, images: UInt8ImageDataset, accelerator: Accelerator) -> b
 
 class TwoViews:
     """The two views of a `pretraining_loader` batch, made in the loader's workers (per-image transforms)
-    or here, on the training device (`batched_augmentation`), in channels_last when the run uses it.
+    or here, on the training device (`batched_augmentation`; compiled with the model under `--compile`),
+    in channels_last when the run uses it.
 
     Call it as `query, key = views(batch, generator)`; the generator seeds the batched augmentation.
     """
@@ -154,7 +155,9 @@ class TwoViews:
     ) -> None:
         self.augment = None
         if args.batched_augmentation:
-            self.augment = BatchedTwoViewAugmentation(augmentation, image_size, mean, std, min_scale)
+            self.augment = BatchedTwoViewAugmentation(
+                augmentation, image_size, mean, std, min_scale, compile=args.compile
+            )
         self.channels_last = args.channels_last
         self.device = device
 
