@@ -3,6 +3,7 @@ classification heads (problem types, Auto classes, pipelines) and the per-family
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -158,6 +159,59 @@ def test_hidden_states_fall_back_to_the_last_feature_map(monkeypatch):
         output = model(_images(), output_hidden_states=True)
     assert len(output.hidden_states) == 1
     assert output.hidden_states[0] is output.last_hidden_state
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_the_configs_output_flags_apply_when_a_call_leaves_them_unset(name):
+    # As transformers' models: `from_pretrained(..., return_dict=False, output_hidden_states=True)` sets them.
+    config = CONFIGS[name](return_dict=False, output_hidden_states=True, num_labels=3)
+    inference, _, classification = FAMILIES[type(config)]
+    with torch.no_grad():
+        for model_class in (inference, classification):
+            model = model_class(config).eval()
+            as_tuple = model(_images())
+            assert isinstance(as_tuple, tuple)
+            output = model(_images(), return_dict=True)
+            assert output.hidden_states is not None and len(output.hidden_states) > 1
+            assert model(_images(), return_dict=True, output_hidden_states=False).hidden_states is None
+
+
+def test_a_pretraining_model_configured_for_tuples_still_trains():
+    # Its encoders are called for their named outputs whatever the config says; the step returns a tuple.
+    model = MoCoForPreTraining(tiny_moco_v2(return_dict=False)).train()
+    loss, logits, *_ = model(_images(), _images())
+    loss.backward()
+    assert logits.shape[0] == 2 and all(p.grad is not None for p in model.query_encoder.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_every_class_runs_in_the_half_precision_it_is_loaded_in(name, dtype):
+    # `from_pretrained(..., dtype=torch.bfloat16)` with inputs of that dtype, as a pipeline passes them;
+    # colorization computes Lab in float32 and must hand the backbone its own dtype.
+    config = CONFIGS[name](num_labels=3)
+    inference, training, classification = FAMILIES[type(config)]
+    images = _images().to(dtype)
+    with torch.no_grad():
+        for model_class in (inference, classification):
+            model = model_class(config).eval().to(dtype)
+            output = model(images)
+            first = output.pooler_output if model_class is inference else output.logits
+            assert first.dtype == dtype and torch.isfinite(first.float()).all()
+        if training is ColorizationForPreTraining:
+            model = training(config).eval().to(dtype)
+            assert torch.isfinite(model(images).loss) and model.colorize(images).shape == images.shape
+
+
+@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+def test_inputs_that_are_not_processed_images_are_refused_with_the_way_to_make_them(name):
+    model = FAMILIES[type(CONFIGS[name]())][0](CONFIGS[name]()).eval()
+    with pytest.raises(TypeError, match="image processor"):
+        model(Image.new("RGB", (32, 32)))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*\(2, 1, 32, 32\)"):
+        model(torch.zeros(2, 1, 32, 32))  # grey images without the processor's conversion to RGB
+    with pytest.raises(ValueError, match="float images"):
+        model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
 # ----------------------------------------------------------------------------------- classification
@@ -327,7 +381,12 @@ def test_classifiers_load_with_remote_code_without_sslhub(tmp_path):
         add_remote_code(folder)
         with torch.no_grad():
             torch.save({"pixel_values": _images(), "logits": model(_images()).logits}, folder / "expected.pt")
-        folders.append(str(folder))
+        # Loaded with sslhub and saved again (a fine-tuned model, `push_to_hub`): it still carries the
+        # modules its config's auto_map names.
+        resaved = tmp_path / f"{name}-resaved"
+        FAMILIES[type(config)][2].from_pretrained(folder).save_pretrained(resaved)
+        shutil.copyfile(folder / "expected.pt", resaved / "expected.pt")
+        folders += [str(folder), str(resaved)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON"))}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     run = subprocess.run(

@@ -32,7 +32,15 @@ from .color import (
 )
 from .configuration_colorization import ColorizationConfig
 from .losses_colorization import colorization_cross_entropy
-from .modeling_common import EncoderOutput, ImageClassifierMixin, SSLHubPreTrainedModel, encode
+from .modeling_common import (
+    EncoderOutput,
+    ImageClassifierMixin,
+    SSLHubPreTrainedModel,
+    check_pixel_values,
+    encode,
+    outputs_hidden_states,
+    returns_dict,
+)
 
 ColorizationModelOutput = EncoderOutput  # last_hidden_state, pooler_output, hidden_states (no projection)
 
@@ -134,10 +142,16 @@ class ColorizationModel(ColorizationPreTrainedModel):
 
     def pixel_values_to_lab(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Undo the image processor's normalization and convert to Lab: (N, 3, H, W) -> (N, 3, H, W)."""
+        check_pixel_values(pixel_values)
         mean = torch.tensor(self.config.image_mean, device=pixel_values.device)[:, None, None]
         std = torch.tensor(self.config.image_std, device=pixel_values.device)[:, None, None]
         rgb = pixel_values.float() * std + mean  # (N, 3, H, W) in [0, 1]
         return rgb_to_lab(rgb.clamp(0, 1))
+
+    def network_input(self, lab: torch.Tensor) -> torch.Tensor:
+        """The backbone's input (N, 1, H, W) from Lab images: `(L - 50) / 50`, in the model's dtype (Lab is
+        computed in float32; a model loaded in bf16 / fp16 takes its input in that dtype)."""
+        return lightness_to_input(lab[:, :1]).to(self.dtype)
 
     def encode_lightness(self, lightness_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the backbone on the network input `(L - 50) / 50` (N, 1, H, W): `(features, pooled)`."""
@@ -158,7 +172,13 @@ class ColorizationModel(ColorizationPreTrainedModel):
             output_hidden_states: also return the backbone's intermediate feature maps / tokens.
         """
         lab = self.pixel_values_to_lab(pixel_values)
-        return encode(self.backbone, None, lightness_to_input(lab[:, :1]), output_hidden_states, return_dict)
+        return encode(
+            self.backbone,
+            None,
+            self.network_input(lab),
+            outputs_hidden_states(self.config, output_hidden_states),
+            returns_dict(self.config, return_dict),
+        )
 
 
 class ColorizationForImageClassification(ImageClassifierMixin, ColorizationPreTrainedModel):
@@ -235,7 +255,7 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
 
     def logits_from_lab(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Bin logits (N, Q, H/4, W/4) and pooled embedding from Lab images (N, 3, H, W)."""
-        features, pooled = self.encoder.encode_lightness(lightness_to_input(lab[:, :1]))
+        features, pooled = self.encoder.encode_lightness(self.encoder.network_input(lab))
         backbone = self.encoder.backbone
         grid = feature_map(
             features, self.encoder.num_features, getattr(backbone, "num_prefix_tokens", 0), lab.shape[-2:]
@@ -272,7 +292,7 @@ class ColorizationForPreTraining(ColorizationPreTrainedModel):
         targets, mask = self.targets_from_lab(lab, logits.shape[-2:])
         loss = colorization_cross_entropy(logits, targets, self.class_weights, mask)
         output = ColorizationForPreTrainingOutput(loss=loss, logits=logits, pooler_output=pooled)
-        return output if return_dict is not False else output.to_tuple()
+        return output if returns_dict(self.config, return_dict) else output.to_tuple()
 
     @torch.no_grad()
     def colorize(self, pixel_values: torch.Tensor, temperature: float | None = None) -> torch.Tensor:

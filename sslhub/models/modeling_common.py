@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import BitImageProcessor, PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutputWithNoAttention
 
 from .backbones import backbone_features, has_fixed_position_embedding, reset_sincos_position_embedding
@@ -98,25 +102,59 @@ class EncoderMixin:
             pixel_values: (N, 3, H, W) images normalized by the model's image processor.
             output_hidden_states: also return the backbone's intermediate feature maps / tokens.
         """
-        return encode(self.backbone, self.projector, pixel_values, output_hidden_states, return_dict)
+        check_pixel_values(pixel_values)
+        return encode(
+            self.backbone,
+            self.projector,
+            pixel_values,
+            outputs_hidden_states(self.config, output_hidden_states),
+            returns_dict(self.config, return_dict),
+        )
+
+
+def returns_dict(config, return_dict: bool | None) -> bool:
+    """Whether a call returns a `ModelOutput` (else a tuple): its `return_dict`, else the config's."""
+    return bool(getattr(config, "return_dict", True) if return_dict is None else return_dict)
+
+
+def outputs_hidden_states(config, output_hidden_states: bool | None) -> bool:
+    """Whether a call returns the intermediate feature maps / tokens: its argument, else the config's."""
+    if output_hidden_states is None:
+        return bool(getattr(config, "output_hidden_states", False))
+    return bool(output_hidden_states)
+
+
+def check_pixel_values(pixel_values, channels: int = 3) -> None:
+    """Refuse what is not a batch of normalized images (N, channels, H, W) before the backbone fails on it."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"pixel_values must be a tensor (N, {channels}, H, W), not {type(pixel_values).__name__}: "
+            "prepare images with the model's image processor, "
+            "e.g. `model(**processor(images=images, return_tensors='pt'))`"
+        )
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != channels or not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be float images (N, {channels}, H, W), got {pixel_values.dtype} of shape "
+            f"{tuple(pixel_values.shape)}: prepare images with the model's image processor"
+        )
 
 
 def encode(
     backbone: nn.Module,
     projector: nn.Module | None,
     pixel_values: torch.Tensor,
-    output_hidden_states: bool | None = None,
-    return_dict: bool | None = None,
+    output_hidden_states: bool = False,
+    return_dict: bool = True,
 ) -> EncoderOutput | tuple:
     """Run a backbone (and projector) on normalized images: the forward pass every sslhub encoder shares."""
-    features, pooled, hidden_states = backbone_features(backbone, pixel_values, bool(output_hidden_states))
+    features, pooled, hidden_states = backbone_features(backbone, pixel_values, output_hidden_states)
     output = EncoderOutput(
         last_hidden_state=features,
         pooler_output=pooled,
         hidden_states=hidden_states,
         projection=projector(pooled) if projector is not None else None,
     )
-    return output if return_dict is not False else output.to_tuple()
+    return output if return_dict else output.to_tuple()
 
 
 class ImageClassifierMixin:
@@ -150,13 +188,17 @@ class ImageClassifierMixin:
         **kwargs,
     ) -> ImageClassifierOutputWithNoAttention | tuple:
         """Classify normalized images (N, 3, H, W); with `labels`, also return the loss of `config.problem_type`."""
-        encoded = self.base_model(pixel_values, output_hidden_states=output_hidden_states)
+        encoded = self.base_model(
+            pixel_values,
+            output_hidden_states=outputs_hidden_states(self.config, output_hidden_states),
+            return_dict=True,
+        )
         logits = self.classifier(encoded.pooler_output)  # (N, num_labels)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         output = ImageClassifierOutputWithNoAttention(
             loss=loss, logits=logits, hidden_states=encoded.hidden_states
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if returns_dict(self.config, return_dict) else output.to_tuple()
 
 
 def image_processor_for(config: SSLHubConfig) -> BitImageProcessor:
@@ -266,6 +308,28 @@ class SSLHubPreTrainedModel(PreTrainedModel):
                 module.set_grad_checkpointing(enable)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the image processor and, when the config has an `auto_map`
+        (a model loaded from a folder with remote code), the modules it names."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             image_processor_for(self.config).save_pretrained(save_directory)
+            self._save_remote_code(Path(save_directory))
+
+    def _save_remote_code(self, save_directory: Path) -> None:
+        """Copy the modules of `config.auto_map` and their relative imports next to the weights.
+
+        A model loaded from a published folder keeps its config's `auto_map`; without the files it names, the
+        re-saved folder (a fine-tuned classifier, `push_to_hub`) would claim remote code it lacks and fail to
+        load with `trust_remote_code=True` where sslhub is not installed. The files are this model's own
+        modules (sslhub's, or the remote-code copies it was loaded from).
+        """
+        auto_map = getattr(self.config, "auto_map", None) or {}
+        source = Path(sys.modules[type(self).__module__].__file__).parent
+        modules = {ref.split("--")[-1].split(".")[0] for ref in auto_map.values() if isinstance(ref, str)}
+        for module in sorted(modules):
+            module_file = source / f"{module}.py"
+            if not module_file.is_file():
+                continue
+            for file in [module_file, *map(Path, get_relative_import_files(str(module_file)))]:
+                if file.resolve() != (save_directory / file.name).resolve():
+                    shutil.copyfile(file, save_directory / file.name)

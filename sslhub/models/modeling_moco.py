@@ -19,7 +19,13 @@ from .configuration_moco import MoCoConfig
 from .distributed import gather_without_grad, rank, shuffle_bn
 from .heads import MLPHead, projection_head
 from .losses_contrastive import info_nce_in_batch, info_nce_with_queue
-from .modeling_common import EncoderMixin, EncoderOutput, ImageClassifierMixin, SSLHubPreTrainedModel
+from .modeling_common import (
+    EncoderMixin,
+    EncoderOutput,
+    ImageClassifierMixin,
+    SSLHubPreTrainedModel,
+    returns_dict,
+)
 from .momentum import enqueue, momentum_update, random_queue
 
 MoCoModelOutput = EncoderOutput  # last_hidden_state, pooler_output, hidden_states, projection
@@ -150,7 +156,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         momentum_update(self.key_encoder, self.query_encoder, self.momentum)
 
     def _queries(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        query = self.query_encoder(pixel_values).projection
+        query = self.query_encoder(pixel_values, return_dict=True).projection
         if self.predictor is not None:
             query = self.predictor(query)
         return F.normalize(query, dim=1)
@@ -158,7 +164,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
     @torch.no_grad()
     def _keys(self, pixel_values: torch.Tensor) -> torch.Tensor:
         def encode(images: torch.Tensor) -> torch.Tensor:
-            return F.normalize(self.key_encoder(images).projection, dim=1)  # (n, D)
+            return F.normalize(self.key_encoder(images, return_dict=True).projection, dim=1)  # (n, D)
 
         if self.training and self.config.key_batch_norm == "shuffle":
             return shuffle_bn(encode, pixel_values, self.config.shuffle_bn_splits, module=self.key_encoder)
@@ -213,7 +219,7 @@ class MoCoForPreTraining(MoCoPreTrainedModel):
         output = MoCoForPreTrainingOutput(
             loss=loss, logits=logits, query_embeddings=query, key_embeddings=key
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if returns_dict(self.config, return_dict) else output.to_tuple()
 
 
 class MoCoForImageClassification(ImageClassifierMixin, MoCoPreTrainedModel):

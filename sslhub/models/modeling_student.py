@@ -37,6 +37,7 @@ from .modeling_common import (
     ImageClassifierMixin,
     SSLHubPreTrainedModel,
     output_embedding,
+    returns_dict,
 )
 from .momentum import enqueue, random_queue
 
@@ -309,7 +310,7 @@ class StudentForDistillation(StudentPreTrainedModel):
             update_queue: enqueue this batch's embeddings; defaults to `self.training`.
         """
         config = self.config
-        output = self.student(pixel_values)
+        output = self.student(pixel_values, return_dict=True)
         student = output.projection if output.projection is not None else output.pooler_output  # (N, D)
         teacher, logits = teacher_embeddings, None
         if config.loss == "cluster":
@@ -320,7 +321,7 @@ class StudentForDistillation(StudentPreTrainedModel):
                 )
             logits = self.cluster_head(student)  # (N, num_clusters)
             loss = cluster_cross_entropy(logits, pseudo_labels)
-            return self._output(loss, logits, student, teacher, return_dict)
+            return self._output(loss, logits, student, teacher, returns_dict(self.config, return_dict))
 
         if teacher is None:
             teacher = self._teacher_embeddings(pixel_values, teacher_pixel_values, like=student)
@@ -356,7 +357,7 @@ class StudentForDistillation(StudentPreTrainedModel):
                 )
             if self.training if update_queue is None else update_queue:
                 self._enqueue(student, teacher)
-        return self._output(loss, logits, student, teacher, return_dict)
+        return self._output(loss, logits, student, teacher, returns_dict(self.config, return_dict))
 
     @torch.no_grad()
     def _enqueue(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -369,7 +370,7 @@ class StudentForDistillation(StudentPreTrainedModel):
         output = StudentForDistillationOutput(
             loss=loss, logits=logits, student_embeddings=student, teacher_embeddings=teacher
         )
-        return output if return_dict is not False else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

@@ -116,8 +116,8 @@ def check_reload(final: Path, model: nn.Module) -> str:
     device = next(model.parameters()).device
     size = model.config.image_size
     probe = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    expected = model(probe.to(device)).pooler_output.float().cpu()
-    got = reloaded(probe).pooler_output.float()
+    expected = model(probe.to(device), return_dict=True).pooler_output.float().cpu()
+    got = reloaded(probe, return_dict=True).pooler_output.float()
     model.train(was_training)
     difference = (expected - got).abs().max().item()
     if difference > 1e-4:
