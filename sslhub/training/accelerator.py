@@ -8,7 +8,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    get_int_from_env,
+    set_seed,
+)
 
 from .precision import PrecisionChoice, describe, resolve_precision
 
@@ -58,6 +63,37 @@ def launch_device() -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
+# The variables in which launchers give the number of processes they started: torchrun, then the MPIs.
+LAUNCHED_PROCESSES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def check_processes(num_processes: int) -> None:
+    """Stops a run whose launcher started several processes that Accelerate set up as separate one-process runs.
+
+    Each of them would train alone, print and save as the main process, and write the same `output_dir`
+    (one crashing on the other's checkpoint folder). That is what a multi-GPU launch config does on a machine
+    without GPUs (recent accelerate; 1.9 fell back to gloo) unless ACCELERATE_USE_CPU=1 is set. The error
+    is printed by the first process only; the others exit with status 1.
+
+    Raises:
+        SystemExit: when the environment counts more than one process and `num_processes` is 1.
+    """
+    launched = get_int_from_env(list(LAUNCHED_PROCESSES), 1)
+    if launched <= 1 or num_processes != 1:
+        return
+    if get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0) != 0:
+        raise SystemExit(1)
+    raise SystemExit(
+        f"error: the launcher started {launched} processes, but Accelerate set each up as a run of its own "
+        "(1 process, no distributed backend): they would all train alone and write the same output_dir. "
+        "The launch config does not set up distribution on this machine, likely a multi-GPU config (such as "
+        "recipes/accelerate/cpu_2proc.yaml) on a machine without GPUs, where the launcher does not pass "
+        "`use_cpu` on. For several CPU processes set ACCELERATE_USE_CPU=1: "
+        "ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml ..., or "
+        f"ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} ..."
+    )
+
+
 def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator:
     """An Accelerator for one CPU, one or several GPUs, or several nodes, as `accelerate launch` configures.
 
@@ -79,6 +115,7 @@ def create_accelerator(args, ddp_broadcast_buffers: bool = False) -> Accelerator
         log_with=resolve_report_to(args.report_to) or None,
         project_dir=str(Path(args.output_dir) / "logs"),
     )
+    check_processes(accelerator.num_processes)  # before anything is printed, read or written
     accelerator.precision = precision
     set_seed(args.seed)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -107,6 +144,7 @@ def end_training(accelerator: Accelerator) -> None:
 __all__ = [
     "TRACKERS",
     "PrecisionChoice",
+    "check_processes",
     "create_accelerator",
     "end_training",
     "installed_trackers",
