@@ -132,6 +132,8 @@ def check_pixel_values(pixel_values, channels: int = 3) -> None:
             "prepare images with the model's image processor, "
             "e.g. `model(**processor(images=images, return_tensors='pt'))`"
         )
+    if torch.jit.is_tracing():  # TorchScript export: the shapes are those of the example input
+        return
     if pixel_values.ndim != 4 or pixel_values.shape[1] != channels or not pixel_values.is_floating_point():
         raise ValueError(
             f"pixel_values must be float images (N, {channels}, H, W), got {pixel_values.dtype} of shape "
