@@ -94,7 +94,7 @@ def pretrain(args, data: Path, output_dir: Path) -> float:
         *("--mixed_precision", args.mixed_precision, "--num_workers", str(args.num_workers)),
         *("--sample_steps", str(max(args.steps // 5, 1)), "--save_steps", str(args.steps)),
         *("--save_total_limit", "1", "--log_steps", str(max(args.steps // 20, 1))),
-        *("--output_dir", str(output_dir)),
+        *("--output_dir", str(output_dir), "--overwrite_output_dir", "true"),
     ]
     print("pre-training:", " ".join(command), flush=True)
     start = time.perf_counter()

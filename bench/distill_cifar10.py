@@ -85,6 +85,7 @@ def train(name: str, recipe: str, flags: list[str], args: argparse.Namespace, wo
         return json.loads(timing.read_text())["seconds"]
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(ROOT / "recipes" / recipe), *flags, "--output_dir", str(output_dir)]
+    command += ["--overwrite_output_dir", "true"]  # a rerun replaces the earlier one
     print(f"  {name}: training (log: {log})", flush=True)
     start = time.perf_counter()
     with open(log, "w") as out:

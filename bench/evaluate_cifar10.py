@@ -75,6 +75,8 @@ def main() -> None:
                 "0",
                 "--output_dir",
                 str(model_dir),
+                "--overwrite_output_dir",
+                "true",
                 "--save_steps",
                 "100000",
             ],
@@ -100,6 +102,8 @@ def main() -> None:
                 protocol,
                 "--output_dir",
                 str(out),
+                "--overwrite_output_dir",
+                "true",
                 "--update_card",
                 str(init != "random init").lower(),
             ]

@@ -260,9 +260,15 @@ def main(args: DistillArguments) -> dict[str, float]:
     # Teacher: frozen, eval mode, outside the student's module tree; it gets the student's images
     # re-normalized (and resized) to its own settings.
     with accelerator.main_process_first():  # the first process fills the Hub cache
-        teacher = load_teacher(
-            args.teacher, args.teacher_output, pretrained=args.teacher_pretrained, device=accelerator.device
-        )
+        try:
+            teacher = load_teacher(
+                args.teacher,
+                args.teacher_output,
+                pretrained=args.teacher_pretrained,
+                device=accelerator.device,
+            )
+        except ValueError as error:  # e.g. logits asked of a model without a trained head
+            raise SystemExit(f"error: teacher={args.teacher!r}: {error}") from None
     to_teacher = renormalize_for_teacher(
         teacher, config.image_mean, config.image_std, config.image_size, args.teacher_image_size
     )
@@ -307,7 +313,7 @@ def main(args: DistillArguments) -> dict[str, float]:
 
     # Checkpoints hold the student, its queues, optimizer, RNG states and the loop position.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume)
+    step = checkpointer.resume(args.resume, length.total_steps)
     metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
     monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
     if monitor is not None and step == 0:

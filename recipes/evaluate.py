@@ -298,7 +298,7 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
 
     # Checkpoints and exact resume, logs: the pieces of every recipe.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume)
+    step = checkpointer.resume(args.resume, length.total_steps)
     logger = RunLogger(accelerator, args, length, checkpointer, name="finetune")
 
     model.train()

@@ -254,7 +254,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
 
     # Checkpoints hold the model (with its class weights), optimizer, RNG states and the loop position.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume)
+    step = checkpointer.resume(args.resume, length.total_steps)
     metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
     monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
     if monitor is not None and step == 0:

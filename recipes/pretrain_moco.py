@@ -194,7 +194,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
 
     # Checkpoints hold weights, key encoder, queue, optimizer, RNG states and the loop position.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume)
+    step = checkpointer.resume(args.resume, length.total_steps)
     metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
     monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
     if monitor is not None and step == 0:

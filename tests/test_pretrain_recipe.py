@@ -334,13 +334,14 @@ def test_every_unreadable_file_is_named_and_counted(tmp_path):
         (["--model.backbone", "resnet_5o"], "model.backbone='resnet_5o' is not a timm model name"),
         (["--resume", "/no/such/checkpoint"], "resume='/no/such/checkpoint' is not a checkpoint folder"),
         (["--dataset", "/no/such/folder", "--streaming", "true"], "streamed dataset has no known length"),
-        (["--init_from", "/no/such/model"], "init_from='/no/such/model' cannot be read"),
+        (["--init_from", "/no/such/model"], "init_from: '/no/such/model': no such file or folder"),
+        (["--dataset", "/no/such/folder"], "dataset: '/no/such/folder': no such file or folder"),
         (["--model.queue_size", "100"], "queue_size=100 must be a multiple of the keys enqueued per step"),
     ],
 )
 def test_bad_settings_fail_before_any_data_is_read(argv, message, tmp_path):
     started = time.perf_counter()
-    result = _run(*argv, "--dataset", "/no/such/folder", "--output_dir", str(tmp_path), check=False)
+    result = _run(*argv, "--output_dir", str(tmp_path), check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert time.perf_counter() - started < 60 and not (tmp_path / "logs").exists()
 

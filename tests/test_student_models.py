@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
 from sslhub import (
+    MoCoForImageClassification,
     MoCoModel,
     StudentConfig,
     StudentForDistillation,
@@ -302,6 +303,14 @@ def test_load_teacher_from_timm_sslhub_and_transformers(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(projection(x), moco(x).projection, rtol=0, atol=0)
         torch.testing.assert_close(pooled(x), moco(x).pooler_output, rtol=0, atol=0)
+    # Logits need a trained head: a MoCo encoder has none (transformers would add a random one).
+    with pytest.raises(ValueError, match="no trained classification head .*classifier.weight"):
+        load_teacher(str(tmp_path / "moco"), "logits")
+    classifier = MoCoForImageClassification(tiny_moco_v2(num_labels=5)).eval()
+    classifier.save_pretrained(tmp_path / "classifier")
+    logits = load_teacher(str(tmp_path / "classifier"), "logits")
+    with torch.no_grad():
+        torch.testing.assert_close(logits(x), classifier(x).logits, rtol=0, atol=0)
 
     vit = ViTModel(
         ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)

@@ -34,6 +34,7 @@ class RecipeArguments(TrainingArguments):
     legacy_model_names = {"student": "backbone"}
 
     augmentation: str | None = setting(None, "the augmentation preset")
+    min_crop_scale: float | None = setting(None, "RandomResizedCrop's lower scale bound")
     milestones: list[int] = setting([120, 160], "epochs of the step schedule")
 
 
@@ -109,6 +110,61 @@ def test_bad_settings_end_with_a_clear_message(argv, message, capsys):
     said = str(raised.value.code) + capsys.readouterr().err
     assert raised.value.code != 0
     assert re.search(message, said), said
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--config", "missing.yaml"], "--config missing.yaml: no such file"),
+        (["--min_crop_scale", "2"], r"min_crop_scale is a fraction .* in \(0, 1\], got 2"),
+        (["--dataset", "no/such/folder"], "dataset: 'no/such/folder': no such file or folder"),
+        (["--dataset", "missing/*.parquet"], "dataset: no data file matches"),
+    ],
+)
+def test_settings_that_would_fail_later_fail_at_parsing(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=message):
+        parse_args(RecipeArguments, argv)
+
+
+def test_a_new_run_refuses_an_output_dir_holding_an_earlier_runs_checkpoints(tmp_path):
+    # Its checkpoints would mix with theirs, and `--resume latest` would pick theirs.
+    (tmp_path / "checkpoints" / "step_30").mkdir(parents=True)
+    out = ["--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"earlier run's checkpoints \(up to step_30\).*--resume latest"):
+        parse_args(RecipeArguments, out)
+    assert parse_args(RecipeArguments, [*out, "--resume", "latest"]).resume == "latest"
+    assert parse_args(RecipeArguments, [*out, "--overwrite_output_dir", "true"]).overwrite_output_dir
+
+
+def test_a_fresh_start_clears_the_earlier_checkpoints_and_retention_keeps_the_new_one(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from sslhub.training import Checkpointer
+
+    (tmp_path / "checkpoints" / "step_30").mkdir(parents=True)
+    checkpointer = Checkpointer(Accelerator(cpu=True), tmp_path, total_limit=2)
+    assert checkpointer.resume(None) == 0 and list_checkpoints(tmp_path) == []
+    assert "removing the earlier run's 1 checkpoint(s)" in capsys.readouterr().out
+    (tmp_path / "checkpoints" / "step_30").mkdir()  # one of a higher step appears all the same
+    for step in (3, 4):
+        checkpointer.save(step)
+        assert f"step_{step}" in [p.name for p in list_checkpoints(tmp_path)]
+    assert len(list_checkpoints(tmp_path)) == 2
+
+
+def test_resume_says_when_there_is_nothing_to_resume_and_refuses_a_longer_runs_checkpoint(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from sslhub.training import Checkpointer
+
+    checkpointer = Checkpointer(Accelerator(cpu=True), tmp_path)
+    assert checkpointer.resume("latest", total_steps=5) == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+    checkpointer.save(8)
+    with pytest.raises(SystemExit, match="at step 8, past this run's 5 steps"):
+        Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", total_steps=5)
+    assert Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", total_steps=8) == 8
 
 
 def test_unknown_field_in_yaml(tmp_path):

@@ -55,6 +55,35 @@ def _glob_base(pattern: str) -> str:
     return str(Path(*parts[:fixed])) if fixed else "."
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repo id (`name` or `namespace/name`)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_path_or_hub_id(name: str) -> None:
+    """Refuse a name that is neither an existing file or folder nor a Hub id (a local path with a typo),
+    before the Hub client answers with a message about repo id syntax."""
+    if not Path(name).exists() and not is_hub_id(name):
+        raise FileNotFoundError(
+            f"{name!r}: no such file or folder (nor a Hub id: 'name' or 'namespace/name')"
+        )
+
+
+def check_data_source(source: str, setting: str = "dataset") -> None:
+    """Refuse, with a ValueError naming `setting`, a data source that cannot be found: a local path or glob
+    that matches nothing, a file of another kind, a name that is no Hub id. Reads no data."""
+    try:
+        _builder_for(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{setting}: {error}") from None
+
+
 def _builder_for(source: str) -> tuple[str, dict[str, Any]] | None:
     """Map a local source to how `datasets` loads it; `None` for Hub ids.
 
@@ -84,6 +113,7 @@ def _builder_for(source: str) -> tuple[str, dict[str, Any]] | None:
             f"{source!r} is a file but not a parquet or image file; expected a folder, parquet file(s), "
             "a glob or a Hub id"
         )
+    check_path_or_hub_id(source)
     return None
 
 

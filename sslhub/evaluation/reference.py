@@ -17,6 +17,7 @@ from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from ..data import eval_transform
+from ..data.loading import check_path_or_hub_id
 from ..models.backbones import check_backbone_name, create_backbone
 from ..models.configuration_common import IMAGENET_MEAN, IMAGENET_STD
 from ..models.modeling_common import output_embedding
@@ -120,6 +121,7 @@ def check_model(spec: str) -> None:
     if spec.startswith(TIMM_PREFIX):
         check_backbone_name(spec.removeprefix(TIMM_PREFIX))
     else:
+        check_path_or_hub_id(spec)
         AutoConfig.from_pretrained(spec)
 
 
@@ -170,11 +172,17 @@ def load_model(
     else:
         config = AutoConfig.from_pretrained(spec)
         auto_class = AutoModelForImageClassification if classifier else AutoModel
-        model = (
-            auto_class.from_config(config, **kwargs)
-            if random_init
-            else auto_class.from_pretrained(spec, **kwargs)
-        )
+        if random_init:
+            model = auto_class.from_config(config, **kwargs)
+        else:
+            model, loading = auto_class.from_pretrained(spec, output_loading_info=True, **kwargs)
+            if classifier and loading["missing_keys"]:
+                # transformers would give it a new, random head: logits of nothing learned.
+                raise ValueError(
+                    f"{spec} has no trained classification head (missing: "
+                    f"{', '.join(sorted(loading['missing_keys'])[:4])}): its logits would come from a random "
+                    "head; use its embeddings instead (pooled / projection), or a fine-tuned classifier"
+                )
         if config.model_type.startswith("sslhub_"):
             kind = "sslhub"
             size, mean, std, pct = config.image_size, config.image_mean, config.image_std, config.crop_pct

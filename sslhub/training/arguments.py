@@ -110,6 +110,9 @@ class TrainingArguments:
     save_steps: int = setting(1000, "checkpoint every N optimizer steps (and at the end)")
     save_total_limit: int | None = setting(2, "checkpoints kept (older ones are removed)")
     resume: str | None = setting(None, "a checkpoint folder, or 'latest' in output_dir")
+    overwrite_output_dir: bool = setting(
+        False, "start afresh in an output_dir that holds an earlier run's checkpoints (they are removed)"
+    )
     log_steps: int = setting(10, "log the loss every N optimizer steps")
     report_to: str | None = setting(
         None,
@@ -159,6 +162,11 @@ class TrainingArguments:
         for name in ("weight_decay", "warmup_epochs", "knn_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        min_crop_scale = getattr(self, "min_crop_scale", None)  # the recipes' RandomResizedCrop bound
+        if min_crop_scale is not None and not 0 < min_crop_scale <= 1:
+            raise ValueError(
+                f"min_crop_scale is a fraction of the image's area in (0, 1], got {min_crop_scale}"
+            )
         if self.streaming and self.max_steps is None:
             raise ValueError("a streamed dataset has no known length: set max_steps")
         if self.cache_images and not self.batched_augmentation:
@@ -172,6 +180,21 @@ class TrainingArguments:
         resolve_report_to(self.report_to)  # unknown or missing trackers fail here, before any work
         if self.resume not in (None, "latest") and not Path(self.resume).is_dir():
             raise ValueError(f"resume={self.resume!r} is not a checkpoint folder; pass one, or 'latest'")
+        from ..data.loading import check_data_source
+        from .checkpoint import list_checkpoints
+
+        for name in ("dataset", "knn_eval_dataset", "eval_dataset", "sample_dataset"):  # the recipes' sources
+            if getattr(self, name, None):
+                check_data_source(getattr(self, name), name)
+
+        earlier = list_checkpoints(self.output_dir)
+        if earlier and self.resume is None and not self.overwrite_output_dir:
+            # A new run there would mix its checkpoints with the old ones (and `latest` would pick theirs).
+            raise ValueError(
+                f"output_dir={str(self.output_dir)!r} holds an earlier run's checkpoints (up to "
+                f"{earlier[-1].name}): continue it with --resume latest, or start afresh with another "
+                "--output_dir or --overwrite_output_dir true (removes them)"
+            )
 
 
 def save_arguments(args, path: str | Path) -> None:

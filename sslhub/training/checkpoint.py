@@ -86,13 +86,36 @@ class Checkpointer:
         self.last: Path | None = None
         accelerator.register_for_checkpointing(self.state)
 
-    def resume(self, resume: str | None) -> int:
-        """Restore the checkpoint `resume` names (a folder or `latest`) if any; returns the step to start at."""
+    def resume(self, resume: str | None, total_steps: int | None = None) -> int:
+        """Restore the checkpoint `resume` names (a folder or `latest`) if any; returns the step to start at.
+
+        Without `resume`, an earlier run's checkpoints in `output_dir` are removed first (the arguments
+        refuse that unless `overwrite_output_dir`), so that `latest` only ever names this run's. A checkpoint
+        past `total_steps` (the run's length) is refused: it belongs to a longer run.
+        """
+        accelerator = self.accelerator
+        if resume is None:
+            earlier = list_checkpoints(self.output_dir)
+            if earlier and accelerator.is_main_process:
+                accelerator.print(
+                    f"removing the earlier run's {len(earlier)} checkpoint(s) in {earlier[0].parent}"
+                )
+                for old in earlier:
+                    shutil.rmtree(old)
+            accelerator.wait_for_everyone()
         self.last = resolve_resume(resume, self.output_dir)
-        if self.last is not None:
-            self.accelerator.load_state(str(self.last))
-            self._check_random_states()
-            self.accelerator.print(f"resumed from {self.last} at step {self.state.step}")
+        if self.last is None:
+            if resume == "latest":
+                accelerator.print(f"no checkpoint in {self.output_dir / CHECKPOINT_DIR}: starting at step 0")
+            return 0
+        accelerator.load_state(str(self.last))
+        self._check_random_states()
+        if total_steps is not None and self.state.step > total_steps:
+            raise SystemExit(
+                f"error: {self.last} is at step {self.state.step}, past this run's {total_steps} steps: "
+                "resume with the settings of its run (see config.yaml there), or a longer --max_steps / --epochs"
+            )
+        accelerator.print(f"resumed from {self.last} at step {self.state.step}")
         return self.state.step
 
     def _check_random_states(self) -> None:
@@ -126,7 +149,8 @@ class Checkpointer:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
             if self.total_limit:
-                for old in list_checkpoints(self.output_dir)[: -self.total_limit]:
+                kept = [p for p in list_checkpoints(self.output_dir) if p != final]  # never the new one
+                for old in kept[: max(len(kept) - (self.total_limit - 1), 0)]:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         self.last = final

@@ -291,7 +291,12 @@ def parse_args(cls: type, argv: list[str] | None = None):
     defaults: dict[str, Any] = {}
 
     if config_file is not None:
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not Path(config_file).is_file():
+            raise SystemExit(f"error: --config {config_file}: no such file")
+        try:
+            loaded = yaml.safe_load(Path(config_file).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise SystemExit(f"error: {config_file} is not valid YAML: {error}") from None
         if not isinstance(loaded, dict):
             raise SystemExit(f"error: {config_file} must hold a mapping of settings")
         if has_section:
@@ -368,6 +373,12 @@ def saved_model_config(name_or_path: str, config_class: type) -> dict[str, Any]:
     Raises:
         ValueError: naming what is wrong when the config cannot be read or belongs to another family.
     """
+    from ..data.loading import check_path_or_hub_id
+
+    try:
+        check_path_or_hub_id(name_or_path)
+    except FileNotFoundError as error:
+        raise ValueError(f"init_from: {error}") from None
     try:
         values, _ = config_class.get_config_dict(name_or_path)
     except OSError as error:
