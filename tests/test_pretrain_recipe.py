@@ -150,6 +150,18 @@ def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
     assert type(model).__name__ == "MoCoModel" and model.config.backbone == "test_resnet"
     assert AutoImageProcessor.from_pretrained(final).crop_size == {"height": 32, "width": 32}
     assert "accelerate launch" in (final / "README.md").read_text()
+    # A training checkpoint is a from_pretrained folder too: the training model with its queue, or the encoder.
+    from transformers import AutoModelForPreTraining
+
+    checkpoint = tmp_path / "checkpoints" / "step_3"
+    saved = load_file(checkpoint / "model.safetensors")
+    resumed = AutoModelForPreTraining.from_pretrained(checkpoint)
+    assert torch.equal(resumed.queue, saved["queue"]) and not any(
+        p.requires_grad for p in resumed.key_encoder.parameters()
+    )
+    encoder = AutoModel.from_pretrained(checkpoint)
+    name, tensor = next(iter(encoder.state_dict().items()))
+    assert torch.equal(tensor, saved[f"query_encoder.{name}"])
     # Where a step's time went, in milliseconds per step: the parts add up to the wall time; the kNN monitor
     # and the checkpoint are parts of their own, not inside the logging step's time.
     times = json.loads((tmp_path / "metrics.json").read_text())["step_time_ms"]

@@ -133,6 +133,25 @@ class Checkpointer:
                 file=sys.stderr,
             )
 
+    def _save_model_config(self, folder: Path) -> None:
+        """Make the checkpoint a `from_pretrained` folder as well: accelerate writes the model's weights as
+        `model.safetensors` under their state-dict names; with the config (and an sslhub model's image
+        processor) next to them, `AutoModelForPreTraining.from_pretrained(checkpoint)` restores the
+        training model (key encoder, queue) and `AutoModel` its encoder, as from a `save_pretrained` folder."""
+        models = [self.accelerator.unwrap_model(model) for model in self.accelerator._models]
+        config = getattr(models[0], "config", None) if len(models) == 1 else None
+        if (
+            config is None
+            or not hasattr(config, "save_pretrained")
+            or not (folder / "model.safetensors").exists()
+        ):
+            return
+        config.save_pretrained(folder)
+        if str(getattr(config, "model_type", "")).startswith("sslhub_"):
+            from ..models.modeling_common import image_processor_for
+
+            image_processor_for(config).save_pretrained(folder)
+
     def save(self, step: int) -> Path:
         """Write the checkpoint of optimizer step `step` (every process takes part)."""
         accelerator = self.accelerator
@@ -146,6 +165,7 @@ class Checkpointer:
         accelerator.save_state(str(partial))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            self._save_model_config(partial)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(partial, final)
             if self.total_limit:

@@ -383,6 +383,11 @@ def saved_model_config(name_or_path: str, config_class: type) -> dict[str, Any]:
         values, _ = config_class.get_config_dict(name_or_path)
     except OSError as error:
         raise ValueError(f"init_from={name_or_path!r} cannot be read: {error}") from None
+    if "model_type" not in values:
+        raise ValueError(
+            f"init_from={name_or_path!r} has no model config (config.json without model_type): pass a folder "
+            "saved by save_pretrained, a recipe's final folder or checkpoints/step_N, or a Hub id"
+        )
     if values.get("model_type") != config_class.model_type:
         raise ValueError(
             f"init_from={name_or_path!r} is a {values.get('model_type')!r} model; this recipe continues "
