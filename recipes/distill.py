@@ -50,6 +50,7 @@ from sslhub.training import (
     TrainingArguments,
     TwoViews,
     ViewsAhead,
+    check_queue_fits_data,
     check_teacher,
     command_line,
     create_accelerator,
@@ -254,6 +255,7 @@ def main(args: DistillArguments) -> dict[str, float]:
         args, args.augmentation, *image, device=accelerator.device
     )  # batched: made on the device
     length = RunLength.of(args, loader)
+    check_queue_fits_data(accelerator, config.queue_size, loader)
     if config.loss == "cluster":  # the number of k-means clusters must fit the dataset
         config = with_cluster_count(args, config, num_images=len(loader.dataset))
 

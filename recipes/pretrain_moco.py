@@ -33,6 +33,7 @@ from sslhub.training import (
     TrainingArguments,
     TwoViews,
     ViewsAhead,
+    check_queue_fits_data,
     command_line,
     create_accelerator,
     create_optimizer,
@@ -165,6 +166,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
     loader = pretraining_loader(args, accelerator, augmentation, *image)
     views = TwoViews(args, augmentation, *image, device=accelerator.device)  # batched: made on the device
     length = RunLength.of(args, loader)
+    check_queue_fits_data(accelerator, config.queue_size, loader)
 
     # Model: every process builds the same model (same seed), so query, key and queue start identical;
     # from a saved model, the key encoder and queue are those saved, or a copy of its encoder and a new queue.

@@ -308,3 +308,21 @@ def test_the_optimizers_decay_every_parameter_as_the_papers_code_unless_asked():
     decayed, kept = create_optimizer(model, args).param_groups
     assert [p.ndim for p in decayed["params"]] == [2] and kept["weight_decay"] == 0.0
     assert isinstance(create_optimizer(model, RecipeArguments(optimizer="lars")), LARS)
+
+
+def test_a_queue_longer_than_an_epoch_is_warned_about(capsys):
+    from types import SimpleNamespace
+
+    from sslhub.training import check_queue_fits_data
+
+    class Loader(SimpleNamespace):
+        def __len__(self):
+            return 5  # batches per process
+
+    accelerator = SimpleNamespace(print=print)
+    check_queue_fits_data(accelerator, 4096, Loader(total_batch_size=1024))  # 5,120 images an epoch
+    assert capsys.readouterr().out == ""
+    check_queue_fits_data(accelerator, 65536, Loader(total_batch_size=1024))
+    assert "queue of 65,536 embeddings is longer than the 5,120 images" in capsys.readouterr().out
+    check_queue_fits_data(accelerator, 65536, SimpleNamespace())  # streamed: no length, no warning
+    assert capsys.readouterr().out == ""

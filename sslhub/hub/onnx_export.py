@@ -1,8 +1,8 @@
 """ONNX export: a model's embedding as an ONNX graph with a dynamic batch axis, checked with ONNX Runtime.
 
-The graph takes `pixel_values` (N, 3, H, W), float32, normalized as the model's image processor
-(`preprocessor_config.json` of the folder) does, and returns one output of the model (`pooler_output` by
-default, or e.g. `projection`).
+The graph takes `pixel_values` (N, 3, S, S), float32 (N dynamic, S the model's `image_size`), normalized as
+the model's image processor (`preprocessor_config.json` of the folder) does, and returns one output of the
+model (`pooler_output` by default, or e.g. `projection`).
 
 The exporter is torch's `torch.export`-based one (`torch.onnx.export(..., dynamo=True)`): it has been
 torch's default since 2.9, while the TorchScript exporter (`dynamo=False`) is deprecated. It captures
@@ -96,7 +96,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     exporter: str | None = None,
 ) -> Path:
-    """Export a model's embedding to ONNX: input `pixel_values` (batch, 3, H, W), one output, float32.
+    """Export a model's embedding to ONNX: input `pixel_values` (batch, 3, S, S), one output, float32.
 
     The batch axis is dynamic (named `batch`); height and width are fixed at `config.image_size`. The
     model is exported in eval mode and float32, on the CPU; weights over 2 GB go to `OUTPUT.onnx.data`.

@@ -180,6 +180,22 @@ class TwoViews:
         return query, key
 
 
+def check_queue_fits_data(accelerator: Accelerator, queue_size: int, loader) -> None:
+    """Warn when a queue of negatives (MoCo, SEED, CompRess) is longer than an epoch's images: its random
+    initial entries then last more than an epoch, and afterwards it holds several stale copies of each
+    image's embedding (the papers keep 65,536 of ImageNet's 1.28M images)."""
+    try:
+        images = len(loader) * loader.total_batch_size  # an epoch's images, over every process
+    except (TypeError, AttributeError):  # a streamed dataset, or a loader `prepare` did not wrap
+        return
+    if queue_size and queue_size > images:
+        accelerator.print(
+            f"warning: the queue of {queue_size:,} embeddings is longer than the {images:,} images of an epoch: "
+            "it keeps random entries for more than an epoch, then several stale copies of each image; set "
+            f"model.queue_size to at most {images:,} (a multiple of the global batch)"
+        )
+
+
 def set_loader_epoch(loader, epoch: int) -> None:
     """Tell the sampler and the dataset (augmentation seeds) which epoch starts."""
     if hasattr(loader, "set_epoch"):
