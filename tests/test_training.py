@@ -326,3 +326,23 @@ def test_a_queue_longer_than_an_epoch_is_warned_about(capsys):
     assert "queue of 65,536 embeddings is longer than the 5,120 images" in capsys.readouterr().out
     check_queue_fits_data(accelerator, 65536, SimpleNamespace())  # streamed: no length, no warning
     assert capsys.readouterr().out == ""
+
+
+def test_resuming_with_other_model_settings_names_them(tmp_path):
+    from accelerate import Accelerator
+
+    from sslhub import MoCoForPreTraining
+    from sslhub.training import Checkpointer
+
+    from .helpers import tiny_moco_v2
+
+    def checkpointer(queue_size: int) -> Checkpointer:
+        accelerator = Accelerator(cpu=True)
+        accelerator.prepare(MoCoForPreTraining(tiny_moco_v2(queue_size=queue_size)))
+        return Checkpointer(accelerator, tmp_path)
+
+    checkpointer(64).save(2)
+    assert (tmp_path / "checkpoints" / "step_2" / "config.json").exists()  # a from_pretrained folder too
+    with pytest.raises(SystemExit, match=r"size mismatch for queue.*queue_size=64 \(this run: 32\)"):
+        checkpointer(32).resume("latest")
+    assert checkpointer(64).resume("latest") == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -108,7 +109,17 @@ class Checkpointer:
             if resume == "latest":
                 accelerator.print(f"no checkpoint in {self.output_dir / CHECKPOINT_DIR}: starting at step 0")
             return 0
-        accelerator.load_state(str(self.last))
+        try:
+            accelerator.load_state(str(self.last))
+        except RuntimeError as error:  # e.g. size mismatches of a model built with other settings
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [
+                type(error).__name__
+            ]
+            raise SystemExit(
+                f"error: {self.last} does not fit this run's model ({lines[min(1, len(lines) - 1)][:200]})"
+                f"{self._model_differences()}; resume with the settings of its run (config.yaml in "
+                f"{self.output_dir})"
+            ) from None
         self._check_random_states()
         if total_steps is not None and self.state.step > total_steps:
             raise SystemExit(
@@ -117,6 +128,20 @@ class Checkpointer:
             )
         accelerator.print(f"resumed from {self.last} at step {self.state.step}")
         return self.state.step
+
+    def _model_differences(self) -> str:
+        """The model settings that differ between the checkpoint's config.json and this run's model."""
+        models = [self.accelerator.unwrap_model(model) for model in self.accelerator._models]
+        saved_file = self.last / "config.json"
+        if len(models) != 1 or not hasattr(models[0], "config") or not saved_file.is_file():
+            return ""
+        saved, current = json.loads(saved_file.read_text()), models[0].config.to_dict()
+        changed = [
+            f"{name}={saved[name]!r} (this run: {current[name]!r})"
+            for name in sorted(saved.keys() & current.keys())
+            if saved[name] != current[name] and name not in ("transformers_version", "_name_or_path")
+        ]
+        return f"; its model settings differ: {', '.join(changed)}" if changed else ""
 
     def _check_random_states(self) -> None:
         """Warn where accelerate could not restore the checkpoint's random states: it only logs that at info
