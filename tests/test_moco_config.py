@@ -70,3 +70,14 @@ def test_preset_overrides_and_round_trip(tmp_path):
     loaded = MoCoConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
     assert loaded.small_input_stem and loaded.backbone == "resnet18"
+
+
+def test_a_misspelt_or_impossible_setting_fails_when_the_config_is_built():
+    # transformers keeps unknown keyword arguments; a near-miss of a setting would silently keep its default.
+    with pytest.raises(
+        ValueError, match="unknown setting 'temprature' for MoCoConfig; did you mean 'temperature'"
+    ):
+        MoCoConfig.v2(temprature=0.1)
+    with pytest.raises(ValueError, match="image_std must be positive"):
+        MoCoConfig.v2(image_std=[0.0, 0.2, 0.2])
+    assert MoCoConfig.v2(num_labels=3, note="kept").note == "kept"  # other extra keys stay allowed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Sequence
 
 from transformers import PretrainedConfig
@@ -44,6 +46,15 @@ class SSLHubConfig(PretrainedConfig):
     crop_pct: float | None = None
 
     def __post_init__(self, **kwargs):
+        # transformers keeps unknown keyword arguments as attributes; one a letter or two from a setting is a
+        # typo (`temprature=0.1`) that would silently leave the setting at its default.
+        fields = [field.name for field in dataclasses.fields(self)]
+        for name in kwargs:
+            close = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
+            if close and name not in fields:
+                raise ValueError(
+                    f"unknown setting {name!r} for {type(self).__name__}; did you mean {close[0]!r}?"
+                )
         super().__post_init__(**kwargs)
         check_positive("image_size", self.image_size)
         if self.crop_pct is None:
@@ -55,3 +66,5 @@ class SSLHubConfig(PretrainedConfig):
             if len(value) != 3:
                 raise ValueError(f"{name} must have 3 values (R, G, B), got {value!r}")
             setattr(self, name, [float(v) for v in value])
+        if not all(std > 0 for std in self.image_std):
+            raise ValueError(f"image_std must be positive (it divides the pixels), got {self.image_std}")
