@@ -52,28 +52,12 @@ def _launch(*args: str, **options) -> subprocess.CompletedProcess:
     return result
 
 
-def _short_run(output_dir: Path) -> list[str]:
-    """A MoCo pretraining of 2 steps that saves a checkpoint at step 2."""
-    return [
-        str(ROOT / "recipes" / "pretrain_moco.py"),
-        "--dataset",
-        "sample",
-        "--split",
-        "test[:64]",
-        "--backbone",
-        "test_resnet",
-        "--image_size",
-        "32",
-        "--queue_size",
-        "64",
-        "--batch_size",
-        "16",
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "2",
-        "--num_workers",
-        "0",
+def _short_run(output_dir: Path, images: int = 64, steps: int = 2) -> list[str]:
+    """A tiny MoCo pretraining of `steps` steps that saves a checkpoint every 2 steps."""
+    recipe = str(ROOT / "recipes" / "pretrain_moco.py")
+    model = ["--backbone", "test_resnet", "--image_size", "32", "--queue_size", "64"]
+    run = ["--batch_size", "16", "--max_steps", str(steps), "--save_steps", "2", "--num_workers", "0"]
+    return [recipe, "--dataset", "sample", "--split", f"test[:{images}]", *model, *run] + [
         "--report_to",
         "none",
         "--output_dir",
@@ -93,29 +77,7 @@ def test_queue_gathering_shuffle_bn_and_sharding_across_two_processes():
 
 @pytest.mark.distributed
 def test_recipe_runs_on_two_processes(tmp_path):
-    _launch(
-        str(ROOT / "recipes" / "pretrain_moco.py"),
-        "--dataset",
-        "sample",
-        "--split",
-        "test[:128]",
-        "--backbone",
-        "test_resnet",
-        "--image_size",
-        "32",
-        "--queue_size",
-        "64",
-        "--batch_size",
-        "16",
-        "--max_steps",
-        "4",
-        "--save_steps",
-        "2",
-        "--num_workers",
-        "0",
-        "--output_dir",
-        str(tmp_path),
-    )
+    _launch(*_short_run(tmp_path, images=128, steps=4))
     assert (tmp_path / "final" / "model.safetensors").exists()
     assert (tmp_path / "checkpoints" / "step_4").is_dir()
 
