@@ -124,7 +124,8 @@ class Checkpointer:
         if total_steps is not None and self.state.step > total_steps:
             raise SystemExit(
                 f"error: {self.last} is at step {self.state.step}, past this run's {total_steps} steps: "
-                "resume with the settings of its run (see config.yaml there), or a longer --max_steps / --epochs"
+                f"resume with the settings of its run (config.yaml in {self.output_dir}), or a longer "
+                "--max_steps / --epochs"
             )
         accelerator.print(f"resumed from {self.last} at step {self.state.step}")
         return self.state.step
