@@ -101,6 +101,7 @@ class EvalArguments(TrainingArguments):
     """Evaluation settings: the model, the labelled data, the protocol (the rest is shared with training)."""
 
     renamed_settings = {"train_dataset": "dataset", "k": "knn_k", "temperature": "knn_temperature"}
+    data_sources = (*TrainingArguments.data_sources, "eval_dataset")
 
     model: str = setting(
         "outputs/demo/final", "sslhub folder or Hub id, timm:<name>, or a transformers image model"

@@ -68,6 +68,7 @@ class ColorizationArguments(TrainingArguments):
     """Colorization pre-training settings: preset, augmentation, prior, sample grids (the rest is shared)."""
 
     model_config = ColorizationConfig
+    data_sources = (*TrainingArguments.data_sources, "sample_dataset")
 
     preset: str = setting("paper", "model preset: paper, or authors_code (10-neighbour soft-encoding)")
     min_crop_scale: float = setting(0.2, "lower bound of RandomResizedCrop's scale; no colour augmentation")

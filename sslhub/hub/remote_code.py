@@ -15,8 +15,8 @@ from pathlib import Path
 
 import transformers
 from transformers import PretrainedConfig
-from transformers.dynamic_module_utils import get_relative_import_files
 
+from ..models.modeling_common import code_files
 from .folders import load_sslhub_config, read_json
 
 # Auto classes whose sslhub registrations are exported as remote code (`auto_map` in config.json).
@@ -50,7 +50,7 @@ def remote_code_files(
     for auto_name, cls in classes.items():
         module_file = Path(sys.modules[cls.__module__].__file__)
         auto_map[auto_name] = f"{module_file.stem}.{cls.__name__}"
-        for file in [module_file, *map(Path, get_relative_import_files(str(module_file)))]:
+        for file in code_files(module_file):
             files[file.name] = file
     for name, file in files.items():
         for line in file.read_text(encoding="utf-8").splitlines():

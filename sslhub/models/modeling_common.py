@@ -236,6 +236,12 @@ def loaded_state_keys(model: nn.Module) -> set[str]:
     }
 
 
+def code_files(module_file: Path) -> list[Path]:
+    """A module's file and the files it imports with single-dot relative imports: what transformers copies as
+    remote code, flattened by name next to the weights."""
+    return [module_file, *map(Path, get_relative_import_files(str(module_file)))]
+
+
 class SSLHubPreTrainedModel(PreTrainedModel):
     """Base class of sslhub models.
 
@@ -332,6 +338,6 @@ class SSLHubPreTrainedModel(PreTrainedModel):
             module_file = source / f"{module}.py"
             if not module_file.is_file():
                 continue
-            for file in [module_file, *map(Path, get_relative_import_files(str(module_file)))]:
+            for file in code_files(module_file):
                 if file.resolve() != (save_directory / file.name).resolve():
                     shutil.copyfile(file, save_directory / file.name)

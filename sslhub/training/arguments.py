@@ -32,6 +32,8 @@ class TrainingArguments:
     """
 
     model_config: ClassVar[type | None] = None  # the config class of the `model` section
+    # Settings naming data (a dataset id, path or glob), checked to exist when the settings are parsed.
+    data_sources: ClassVar[tuple[str, ...]] = ("dataset", "knn_eval_dataset")
     renamed_settings: ClassVar[
         dict[str, str]
     ] = {}  # an old name -> its new name (still read, with a warning)
@@ -183,8 +185,8 @@ class TrainingArguments:
         from ..data.loading import check_data_source
         from .checkpoint import list_checkpoints
 
-        for name in ("dataset", "knn_eval_dataset", "eval_dataset", "sample_dataset"):  # the recipes' sources
-            if getattr(self, name, None):
+        for name in self.data_sources:
+            if getattr(self, name):
                 check_data_source(getattr(self, name), name)
 
         earlier = list_checkpoints(self.output_dir)

@@ -130,13 +130,21 @@ class Checkpointer:
         accelerator.print(f"resumed from {self.last} at step {self.state.step}")
         return self.state.step
 
+    def _model_config(self):
+        """The transformers config of the run's model (the one model `accelerator.prepare` was given), if any;
+        accelerate's `save_state` writes that model's weights as `model.safetensors`."""
+        models = self.accelerator._models  # what `save_state` / `load_state` iterate
+        config = (
+            getattr(self.accelerator.unwrap_model(models[0]), "config", None) if len(models) == 1 else None
+        )
+        return config if hasattr(config, "save_pretrained") else None
+
     def _model_differences(self) -> str:
         """The model settings that differ between the checkpoint's config.json and this run's model."""
-        models = [self.accelerator.unwrap_model(model) for model in self.accelerator._models]
-        saved_file = self.last / "config.json"
-        if len(models) != 1 or not hasattr(models[0], "config") or not saved_file.is_file():
+        config, saved_file = self._model_config(), self.last / "config.json"
+        if config is None or not saved_file.is_file():
             return ""
-        saved, current = json.loads(saved_file.read_text()), models[0].config.to_dict()
+        saved, current = json.loads(saved_file.read_text()), config.to_dict()
         changed = [
             f"{name}={saved[name]!r} (this run: {current[name]!r})"
             for name in sorted(saved.keys() & current.keys())
@@ -164,13 +172,8 @@ class Checkpointer:
         `model.safetensors` under their state-dict names; with the config (and an sslhub model's image
         processor) next to them, `AutoModelForPreTraining.from_pretrained(checkpoint)` restores the
         training model (key encoder, queue) and `AutoModel` its encoder, as from a `save_pretrained` folder."""
-        models = [self.accelerator.unwrap_model(model) for model in self.accelerator._models]
-        config = getattr(models[0], "config", None) if len(models) == 1 else None
-        if (
-            config is None
-            or not hasattr(config, "save_pretrained")
-            or not (folder / "model.safetensors").exists()
-        ):
+        config = self._model_config()
+        if config is None or not (folder / "model.safetensors").exists():
             return
         config.save_pretrained(folder)
         if str(getattr(config, "model_type", "")).startswith("sslhub_"):
