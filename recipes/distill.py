@@ -85,7 +85,8 @@ class DistillArguments(TrainingArguments):
     )
     teacher_output: str = setting(
         "auto",
-        "teacher embedding: auto (sslhub projection, timm pooled), pooled, projection, logits, cls, mean",
+        "teacher embedding: auto (logits for loss kl, else sslhub projection, timm pooled), pooled, projection, "
+        "logits, cls, mean",
     )
     teacher_pretrained: bool = setting(True, "false: the teacher's architecture with random weights (tests)")
     teacher_view: str = setting("same", "what the teacher sees: same view, other view, or eval (cached)")
@@ -240,6 +241,9 @@ def main(args: DistillArguments) -> dict[str, float]:
     # The student config checks every model setting now (the teacher's width is filled in later), and the
     # teacher must exist: a bad setting fails here, before any data is read or any image embedded.
     config = student_config(args, teacher_dim=1)
+    if config.loss == "kl" and args.teacher_output == "auto":  # Hinton KD distils class probabilities
+        args.teacher_output = "logits"
+        accelerator.print("loss kl: the teacher gives its class logits (teacher_output logits)")
     try:
         check_teacher(args.teacher)
     except (OSError, ValueError) as error:

@@ -111,11 +111,12 @@ def test_each_loss_trains_and_saves_a_student_without_the_teacher(
     spec = moco_teacher if teacher == "moco" else "timm:test_efficientnet"
     args = ["--teacher", spec, "--loss", loss, "--teacher_view", teacher_view, "--max_steps", "2"]
     if teacher == "timm":
-        args += ["--teacher_pretrained", "false", "--teacher_output", "logits"]
+        args += ["--teacher_pretrained", "false"]  # loss kl: teacher_output auto gives the class logits
     if loss.startswith("compress"):
         args += ["--queue_size", "64"]
     result = _run(*args, "--output_dir", str(tmp_path))
     assert "re-normalized / resized for it" in result.stdout
+    assert ("the teacher gives its class logits" in result.stdout) == (loss == "kl")
     _check_final_folder(tmp_path, spec)
     assert (tmp_path / "teacher_embeddings.safetensors").exists() == (teacher_view == "eval")
     assert StudentConfig.from_pretrained(tmp_path / "final").teacher_dim == (

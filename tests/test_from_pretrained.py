@@ -19,11 +19,13 @@ from torch import nn
 from sslhub import (
     ColorizationConfig,
     ColorizationForPreTraining,
+    ColorizationModel,
     MoCoConfig,
     MoCoForPreTraining,
     MoCoModel,
     StudentConfig,
     StudentForDistillation,
+    StudentModel,
 )
 from sslhub.models.modeling_student import TeacherAdapter
 
@@ -219,3 +221,20 @@ def test_loading_info_is_still_returned(saved):
     model, info = MoCoForPreTraining.from_pretrained(root / "moco-v2" / "inference", output_loading_info=True)
     assert isinstance(model, MoCoForPreTraining) and not info["missing_keys"]
     assert not any(p.requires_grad for p in model.key_encoder.parameters())
+
+
+@pytest.mark.parametrize(
+    "model_class, case_name",
+    [
+        (StudentModel, "moco-v2"),  # would fail on a MoCo-only setting, naming a StudentConfig typo
+        (StudentForDistillation, "moco-v2"),
+        (MoCoModel, "student-compress-2q"),  # would load none of the weights, keeping a random model
+        (MoCoForPreTraining, "colorization"),
+        (ColorizationModel, "moco-v3-resnet"),
+    ],
+)
+def test_a_folder_of_another_family_is_refused(saved, model_class, case_name):
+    root, _ = saved
+    model_type = CASES[case_name].build()[0].config.model_type
+    with pytest.raises(ValueError, match=f"of a '{model_type}' model.*AutoModel"):
+        model_class.from_pretrained(root / case_name / "inference")

@@ -45,6 +45,22 @@ class SSLHubConfig(PretrainedConfig):
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
     crop_pct: float | None = None
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PretrainedConfig.from_dict`, refusing the config of another model type.
+
+        transformers only warns when, say, `StudentModel.from_pretrained` is given a MoCo folder, then builds a
+        default model and loads none of the weights (or fails on the first setting the other family lacks).
+        """
+        model_type = config_dict.get("model_type")
+        if model_type and getattr(cls, "model_type", "") and model_type != cls.model_type:
+            raise ValueError(
+                f"this config is of a {model_type!r} model, not of a {cls.model_type!r} one ({cls.__name__}): "
+                "load the folder with the classes of its own family, or with AutoModel / "
+                "AutoModelForPreTraining / AutoModelForImageClassification, which choose them from model_type"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     def __post_init__(self, **kwargs):
         # transformers keeps unknown keyword arguments as attributes; one a letter or two from a setting is a
         # typo (`temprature=0.1`) that would silently leave the setting at its default.
