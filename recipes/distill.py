@@ -45,6 +45,7 @@ from sslhub.models.modeling_common import EMBEDDINGS
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,
+    LRSchedule,
     RunLength,
     RunLogger,
     TrainingArguments,
@@ -57,7 +58,6 @@ from sslhub.training import (
     create_optimizer,
     end_training,
     kmeans,
-    learning_rate_at,
     load_teacher,
     micro_batches,
     parse_args,
@@ -66,7 +66,6 @@ from sslhub.training import (
     renormalize_for_teacher,
     save_arguments,
     saved_model_config,
-    scaled_lr,
     set_lr,
     setting,
 )
@@ -312,14 +311,11 @@ def main(args: DistillArguments) -> dict[str, float]:
     optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    peak_lr, warmup_steps = (
-        scaled_lr(args, accelerator.num_processes),
-        length.warmup_steps(args.warmup_epochs),
-    )
+    schedule = LRSchedule.of(args, length, accelerator.num_processes)  # lr: a function of the step
 
     # Checkpoints hold the student, its queues, optimizer, RNG states and the loop position.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume, length.total_steps)
+    step = checkpointer.resume(args.resume, schedule)
     metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
     monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
     if monitor is not None and step == 0:
@@ -332,7 +328,7 @@ def main(args: DistillArguments) -> dict[str, float]:
     model.train()
     for micro, images, other_view in batches(micro_batches(loader, accelerator, length, step)):
         if micro.first:  # this optimizer step's learning rate
-            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
+            lr = schedule(step)
             set_lr(optimizer, lr)
         teacher_inputs = {}
         if pseudo_labels is not None:

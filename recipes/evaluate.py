@@ -76,6 +76,7 @@ from sslhub.evaluation import (
 from sslhub.models.configuration_common import check_choice
 from sslhub.training import (
     Checkpointer,
+    LRSchedule,
     RunLength,
     RunLogger,
     TrainingArguments,
@@ -83,12 +84,10 @@ from sslhub.training import (
     create_accelerator,
     create_finetune_optimizer,
     end_training,
-    learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
     save_final_model,
-    scaled_lr,
     set_lr,
     setting,
 )
@@ -294,19 +293,18 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
     classifier.to(accelerator.device)
     optimizer = create_finetune_optimizer(classifier, args)
     model, optimizer = accelerator.prepare(classifier, optimizer)
-    peak_lr = scaled_lr(args, accelerator.num_processes)
-    warmup_steps = length.warmup_steps(args.warmup_epochs)
+    schedule = LRSchedule.of(args, length, accelerator.num_processes)  # lr: a function of the step
 
     # Checkpoints and exact resume, logs: the pieces of every recipe.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume, length.total_steps)
+    step = checkpointer.resume(args.resume, schedule)
     logger = RunLogger(accelerator, args, length, checkpointer, name="finetune")
 
     model.train()
     # The wait for each micro-batch (its crops and flips included) is the step's "data" time.
     for micro in logger.timed.iterate(micro_batches(loader, accelerator, length, step)):
         if micro.first:  # this optimizer step's learning rate (times each layer group's scale)
-            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
+            lr = schedule(step)
             set_lr(optimizer, lr)
         with accelerator.accumulate(model):
             with logger.timed("forward_backward"):

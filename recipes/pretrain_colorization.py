@@ -40,6 +40,7 @@ from sslhub.models.configuration_common import check_choice, check_positive
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,
+    LRSchedule,
     RunLength,
     RunLogger,
     TrainingArguments,
@@ -47,7 +48,6 @@ from sslhub.training import (
     create_accelerator,
     create_optimizer,
     end_training,
-    learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
@@ -55,7 +55,6 @@ from sslhub.training import (
     resolve_resume,
     save_arguments,
     saved_model_config,
-    scaled_lr,
     set_lr,
     setting,
 )
@@ -248,14 +247,11 @@ def main(args: ColorizationArguments) -> dict[str, float]:
     optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    peak_lr, warmup_steps = (
-        scaled_lr(args, accelerator.num_processes),
-        length.warmup_steps(args.warmup_epochs),
-    )
+    schedule = LRSchedule.of(args, length, accelerator.num_processes)  # lr: a function of the step
 
     # Checkpoints hold the model (with its class weights), optimizer, RNG states and the loop position.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume, length.total_steps)
+    step = checkpointer.resume(args.resume, schedule)
     metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
     monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
     if monitor is not None and step == 0:
@@ -274,7 +270,7 @@ def main(args: ColorizationArguments) -> dict[str, float]:
             # The grid of step N shows the model after N optimizer steps (step 0: random init).
             if samples is not None and step % args.sample_steps == 0:
                 sample(step)
-            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
+            lr = schedule(step)
             set_lr(optimizer, lr)
         pixel_values = micro.batch["pixel_values"]
         if args.channels_last:

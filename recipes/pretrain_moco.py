@@ -28,6 +28,7 @@ from sslhub.models.momentum import cosine_momentum
 from sslhub.training import (
     Checkpointer,
     KNNMonitor,
+    LRSchedule,
     RunLength,
     RunLogger,
     TrainingArguments,
@@ -38,14 +39,12 @@ from sslhub.training import (
     create_accelerator,
     create_optimizer,
     end_training,
-    learning_rate_at,
     micro_batches,
     parse_args,
     pretraining_loader,
     publish_final_model,
     save_arguments,
     saved_model_config,
-    scaled_lr,
     set_lr,
     setting,
 )
@@ -189,14 +188,11 @@ def main(args: MoCoArguments) -> dict[str, float]:
     optimizer = create_optimizer(model, args)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    peak_lr, warmup_steps = (
-        scaled_lr(args, accelerator.num_processes),
-        length.warmup_steps(args.warmup_epochs),
-    )
+    schedule = LRSchedule.of(args, length, accelerator.num_processes)  # lr: a function of the step
 
     # Checkpoints hold weights, key encoder, queue, optimizer, RNG states and the loop position.
     checkpointer = Checkpointer(accelerator, args.output_dir, args.save_total_limit)
-    step = checkpointer.resume(args.resume, length.total_steps)
+    step = checkpointer.resume(args.resume, schedule)
     metrics = checkpointer.state.metrics  # kNN accuracies, saved with every checkpoint
     monitor = KNNMonitor(args, accelerator, config) if args.knn_steps else None
     if monitor is not None and step == 0:
@@ -209,7 +205,7 @@ def main(args: MoCoArguments) -> dict[str, float]:
     model.train()
     for micro, query, key in batches(micro_batches(loader, accelerator, length, step)):
         if micro.first:  # this optimizer step's learning rate and key-encoder momentum
-            lr = learning_rate_at(step, length.total_steps, peak_lr, warmup_steps, args)
+            lr = schedule(step)
             set_lr(optimizer, lr)
             if args.final_momentum is not None:
                 unwrapped.momentum = cosine_momentum(

@@ -156,15 +156,44 @@ def test_a_fresh_start_clears_the_earlier_checkpoints_and_retention_keeps_the_ne
 def test_resume_says_when_there_is_nothing_to_resume_and_refuses_a_longer_runs_checkpoint(tmp_path, capsys):
     from accelerate import Accelerator
 
-    from sslhub.training import Checkpointer
+    from sslhub.training import Checkpointer, LRSchedule
 
     checkpointer = Checkpointer(Accelerator(cpu=True), tmp_path)
-    assert checkpointer.resume("latest", total_steps=5) == 0
+    assert checkpointer.resume("latest", LRSchedule(total_steps=5, peak_lr=0.1)) == 0
     assert "no checkpoint in" in capsys.readouterr().out
     checkpointer.save(8)
     with pytest.raises(SystemExit, match="at step 8, past this run's 5 steps"):
-        Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", total_steps=5)
-    assert Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", total_steps=8) == 8
+        Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", LRSchedule(total_steps=5, peak_lr=0.1))
+    assert Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", LRSchedule(8, 0.1)) == 8
+
+
+def test_resume_on_another_learning_rate_schedule_says_how_the_rate_jumps(tmp_path, capsys):
+    from accelerate import Accelerator
+
+    from sslhub.training import Checkpointer, LRSchedule
+
+    trained = LRSchedule(total_steps=100, peak_lr=0.4, warmup_steps=10)
+    checkpointer = Checkpointer(Accelerator(cpu=True), tmp_path)
+    checkpointer.resume(None, trained)
+    checkpointer.save(50)
+
+    # The same schedule: resumed silently, and the checkpoints keep saying which schedule they were on.
+    assert Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", trained) == 50
+    assert "learning-rate schedule" not in capsys.readouterr().err
+
+    longer = LRSchedule(total_steps=200, peak_lr=0.4, warmup_steps=10)  # e.g. --max_steps 200 on resume
+    resumed = Checkpointer(Accelerator(cpu=True), tmp_path)
+    assert resumed.resume("latest", longer) == 50
+    err = capsys.readouterr().err
+    assert "trained on another learning-rate schedule (total_steps 100 -> 200)" in err
+    assert (
+        f"the learning rate is {longer(50):.4g}, where the checkpoint's run would use {trained(50):.4g}"
+        in err
+    )
+    assert trained(50) == pytest.approx(0.2 * (1 + math.cos(math.pi * 40 / 90)))
+    resumed.save(60)  # its checkpoints are on the new schedule: resuming them again is silent
+    assert Checkpointer(Accelerator(cpu=True), tmp_path).resume("latest", longer) == 60
+    assert "learning-rate schedule" not in capsys.readouterr().err
 
 
 def test_unknown_field_in_yaml(tmp_path):

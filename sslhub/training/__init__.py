@@ -30,11 +30,11 @@ from .loader import (
 from .monitor import KNNMonitor
 from .optim import (
     LARS,
+    LRSchedule,
     cosine_lr,
     create_finetune_optimizer,
     create_optimizer,
     finetune_param_groups,
-    learning_rate_at,
     scaled_lr,
     set_lr,
     step_lr,
@@ -72,7 +72,7 @@ __all__ = [
     "create_finetune_optimizer",
     "create_optimizer",
     "finetune_param_groups",
-    "learning_rate_at",
+    "LRSchedule",
     "list_checkpoints",
     "micro_batches",
     "parse_args",

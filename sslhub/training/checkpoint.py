@@ -16,6 +16,8 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from accelerate.utils.constants import RNG_STATE_NAME
 
+from .optim import LRSchedule
+
 CHECKPOINT_DIR = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
 
@@ -28,6 +30,7 @@ class LoopState:
     skipped_images: int = 0  # distinct unreadable files met so far
     metrics: dict[str, float] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # their names
+    schedule: dict[str, Any] = field(default_factory=dict)  # the run's `LRSchedule.settings()`
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -37,6 +40,7 @@ class LoopState:
         self.skipped_images = int(state.get("skipped_images", 0))
         self.metrics = dict(state.get("metrics", {}))
         self.unreadable = list(state.get("unreadable", []))
+        self.schedule = dict(state.get("schedule", {}))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -87,13 +91,17 @@ class Checkpointer:
         self.last: Path | None = None
         accelerator.register_for_checkpointing(self.state)
 
-    def resume(self, resume: str | None, total_steps: int | None = None) -> int:
+    def resume(self, resume: str | None, schedule: LRSchedule | None = None) -> int:
         """Restore the checkpoint `resume` names (a folder or `latest`) if any; returns the step to start at.
 
         Without `resume`, an earlier run's checkpoints in `output_dir` are removed first (the arguments
-        refuse that unless `overwrite_output_dir`), so that `latest` only ever names this run's. A checkpoint
-        past `total_steps` (the run's length) is refused: it belongs to a longer run.
+        refuse that unless `overwrite_output_dir`), so that `latest` only ever names this run's. With the
+        run's learning-rate `schedule`, a checkpoint past its `total_steps` is refused (it belongs to a
+        longer run), and a checkpoint trained on another schedule is named with the learning rate that
+        changes; the schedule is saved with every checkpoint.
         """
+        if schedule is not None:
+            self.state.schedule = schedule.settings()
         accelerator = self.accelerator
         if resume is None:
             earlier = list_checkpoints(self.output_dir)
@@ -121,14 +129,34 @@ class Checkpointer:
                 f"{self.output_dir})"
             ) from None
         self._check_random_states()
-        if total_steps is not None and self.state.step > total_steps:
-            raise SystemExit(
-                f"error: {self.last} is at step {self.state.step}, past this run's {total_steps} steps: "
-                f"resume with the settings of its run (config.yaml in {self.output_dir}), or a longer "
-                "--max_steps / --epochs"
-            )
+        if schedule is not None:
+            if self.state.step > schedule.total_steps:
+                raise SystemExit(
+                    f"error: {self.last} is at step {self.state.step}, past this run's {schedule.total_steps} "
+                    f"steps: resume with the settings of its run (config.yaml in {self.output_dir}), or a "
+                    "longer --max_steps / --epochs"
+                )
+            self._check_schedule(schedule)
         accelerator.print(f"resumed from {self.last} at step {self.state.step}")
         return self.state.step
+
+    def _check_schedule(self, schedule: LRSchedule) -> None:
+        """Warn when the checkpoint was trained on another learning-rate schedule (e.g. a longer run asked
+        for with --max_steps): the run goes on with this one, so the learning rate jumps at the resumed step."""
+        saved, current = self.state.schedule, schedule.settings()
+        if saved and saved != current:
+            changed = ", ".join(
+                f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v
+            )
+            step = self.state.step
+            before = LRSchedule(**{**saved, "milestones": tuple(saved.get("milestones", ()))})(step)
+            self.accelerator.print(
+                f"warning: {self.last} was trained on another learning-rate schedule ({changed}); this run "
+                f"continues on its own: at step {step} the learning rate is {schedule(step):.4g}, where the "
+                f"checkpoint's run would use {before:.4g}",
+                file=sys.stderr,
+            )
+        self.state.schedule = current
 
     def _model_config(self):
         """The transformers config of the run's model (the one model `accelerator.prepare` was given), if any;

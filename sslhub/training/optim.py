@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -207,11 +210,39 @@ def step_lr(
     return base_lr * gamma**passed
 
 
-def learning_rate_at(step: int, total_steps: int, base_lr: float, warmup_steps: int, args) -> float:
-    """The learning rate of optimizer step `step` under the recipe's schedule (`args.lr_schedule`)."""
-    if args.lr_schedule == "step":
-        return step_lr(step, total_steps, base_lr, args.lr_milestones, warmup_steps)
-    return cosine_lr(step, total_steps, base_lr, warmup_steps)
+@dataclass(frozen=True)
+class LRSchedule:
+    """A run's learning rate as a pure function of the optimizer step: `schedule(step)`.
+
+    Checkpoints keep its settings (`settings()`), so a resumed run can tell when it continues on another
+    schedule than the one its checkpoint was trained on (a longer `--max_steps`, another learning rate).
+    """
+
+    total_steps: int
+    peak_lr: float  # the learning rate for the global batch (`scaled_lr`)
+    warmup_steps: int = 0
+    kind: str = "cosine"  # or "step": x0.1 at each of `milestones` (fractions of the run)
+    milestones: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, args, length, num_processes: int) -> LRSchedule:
+        """The schedule a recipe's arguments ask for (`learning_rate` scaled to the global batch,
+        `warmup_epochs`, `lr_schedule`, `lr_milestones`) over its `RunLength`."""
+        return cls(
+            length.total_steps,
+            scaled_lr(args, num_processes),
+            length.warmup_steps(args.warmup_epochs),
+            args.lr_schedule,
+            tuple(args.lr_milestones) if args.lr_schedule == "step" else (),
+        )
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "step":
+            return step_lr(step, self.total_steps, self.peak_lr, list(self.milestones), self.warmup_steps)
+        return cosine_lr(step, self.total_steps, self.peak_lr, self.warmup_steps)
+
+    def settings(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "milestones": list(self.milestones)}
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
