@@ -189,6 +189,14 @@ def test_16_bit_grey_keeps_its_high_byte(file_format):
     assert decoded.mode == "RGB" and decoded.getpixel((0, 0)) == (156, 156, 156)
 
 
+@pytest.mark.parametrize("value, grey", [(40000, 156), (200, 200)])
+def test_32_bit_grey_is_read_as_16_or_8_bit_by_its_range(value, grey):
+    # Mode I holds 16-bit values (older Pillow reading a 16-bit PNG) or 8-bit ones (some TIFF writers):
+    # the latter must not come out nearly black (200 / 256).
+    image = Image.fromarray(np.full((8, 8), value, dtype=np.int32)).convert("I")
+    assert image.mode == "I" and decode_image(image).getpixel((0, 0)) == (grey, grey, grey)
+
+
 def test_transparent_pixels_become_white():
     image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
     assert decode_image(image).getpixel((0, 0)) == (255, 255, 255)

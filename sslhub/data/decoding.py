@@ -24,8 +24,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        image = image.point(lambda v: v / 256).convert("L")
+    if image.mode in ("I;16", "I;16B", "I;16L") or (image.mode == "I" and image.getextrema()[1] > 255):
+        image = image.point(lambda v: v / 256).convert("L")  # 16-bit grey: its high byte
+    elif image.mode == "I":  # 32-bit integers holding 8-bit grey (some TIFF and PNG writers)
+        image = image.convert("L")
     return image.convert("RGB")
 
 
