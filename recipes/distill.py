@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslhub import StudentConfig, StudentForDistillation
-from sslhub.data import ImageDataset, collate, dataset_card_name, eval_transform
+from sslhub.data import ImageDataset, collate, dataset_card_name, describe_preset, eval_transform
 from sslhub.evaluation import cached_tensors, extract_features
 from sslhub.hub import portable_path
 from sslhub.models.configuration_common import check_choice, check_positive
@@ -383,6 +383,12 @@ def main(args: DistillArguments) -> dict[str, float]:
                 "loss": config.loss,
                 "teacher_view": args.teacher_view,
                 **metrics,
+            },
+            method_settings={
+                "Teacher": f"`{portable_path(args.teacher)}`, its {args.teacher_output} output, "
+                f"shown the {args.teacher_view} view",
+                "Loss": f"`{config.loss}`" + (f", queue of {config.queue_size}" if config.has_queue else ""),
+                "Augmentation": describe_preset(args.augmentation, config.image_size, args.min_crop_scale),
             },
         )
     end_training(accelerator)

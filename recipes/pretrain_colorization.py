@@ -310,6 +310,11 @@ def main(args: ColorizationArguments) -> dict[str, float]:
                 reproduce_command=command_line(),
             ),
             metrics=metrics,
+            method_settings={
+                "Augmentation": f"crops of scale [{args.min_crop_scale:g}, 1] and flips, no colour changes",
+                "Colour classes": f"{config.num_bins} ab bins, {config.soft_encoding_neighbors}-neighbour soft "
+                f"encoding, class rebalancing lambda {config.rebalancing_lambda:g} (preset `{args.preset}`)",
+            },
         )
     end_training(accelerator)
     return metrics

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from sslhub import MoCoConfig, MoCoForPreTraining
-from sslhub.data import dataset_card_name
+from sslhub.data import dataset_card_name, describe_preset
 from sslhub.models.backbones import is_vit_name
 from sslhub.models.configuration_common import check_choice
 from sslhub.models.configuration_moco import MOCO_VERSIONS
@@ -251,6 +251,13 @@ def main(args: MoCoArguments) -> dict[str, float]:
                 reproduce_command=command_line(),
             ),
             metrics=metrics,
+            method_settings={
+                "Augmentation": describe_preset(augmentation, config.image_size, args.min_crop_scale),
+                "Key encoder": f"momentum {config.momentum:g}"
+                + (f" -> {args.final_momentum:g} (cosine)" if args.final_momentum is not None else "")
+                + (f", queue of {config.queue_size} keys" if config.queue_size else ""),
+                "Temperature": f"{config.temperature:g}",
+            },
         )
     end_training(accelerator)
     return metrics

@@ -63,7 +63,9 @@ def test_final_folder_loads_as_the_colorization_encoder(straight):
     model = AutoModel.from_pretrained(final)
     assert type(model).__name__ == "ColorizationModel" and model.config.backbone == "test_resnet"
     assert not any(name.startswith("decoder") for name in load_file(final / "model.safetensors"))
-    assert "Colorful Image Colorization" in (final / "README.md").read_text()
+    card = (final / "README.md").read_text()
+    assert "Colorful Image Colorization" in card
+    assert "| Colour classes | 313 ab bins, 5-neighbour soft encoding" in card
 
 
 def test_sample_grids_at_the_configured_steps(straight):

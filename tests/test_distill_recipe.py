@@ -94,6 +94,7 @@ def _check_final_folder(output_dir: Path, teacher: str) -> None:
     # A local folder or a timm name is no Hub id: the card names the teacher in its text, not as base_model.
     card = ModelCard.load(final / "README.md")
     assert card.data.base_model is None and f"| Teacher | `{teacher}` |" in card.text
+    assert f"| Teacher | `{teacher}`, its " in card.text  # and in the table of how it was made
 
 
 @pytest.mark.parametrize(

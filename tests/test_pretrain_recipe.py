@@ -149,7 +149,19 @@ def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
     model = AutoModel.from_pretrained(final)
     assert type(model).__name__ == "MoCoModel" and model.config.backbone == "test_resnet"
     assert AutoImageProcessor.from_pretrained(final).crop_size == {"height": 32, "width": 32}
-    assert "accelerate launch" in (final / "README.md").read_text()
+    card = (final / "README.md").read_text()
+    assert "accelerate launch" in card
+    # The card's table says how the model was made (settings a reader can judge), with the measured kNN.
+    table = dict(re.findall(r"^\| (.+?) \| (.+?) \|$", card.split("## How it was made")[1], re.MULTILINE))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert table["Training data"] == "cifar10-sslhub-sample, split `test[:256]`"
+    assert table["Length"] == f"3 steps ({metrics['epochs']} epochs) of 32 images"
+    assert table["Optimizer"].startswith("sgd, learning rate 0.0125 (0.1 x 32/256), weight decay 0.0001, cosine")
+    assert table["Augmentation"].startswith("MoCo v2 preset: crops of scale [0.2, 1]")
+    assert table["Key encoder"] == "momentum 0.999, queue of 64 keys"
+    held_out = "(cifar10-sslhub-sample, split `test[256:384]`)"
+    assert table[f"kNN top-1 trained {held_out}"] == f"{metrics['knn_top1']:.4f}"
+    assert str(tmp_path) not in "".join(table.values())
     # A training checkpoint is a from_pretrained folder too: the training model with its queue, or the encoder.
     from transformers import AutoModelForPreTraining
 

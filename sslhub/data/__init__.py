@@ -30,7 +30,7 @@ from .loading import (
     load_image_dataset,
     route_files_to_splits,
 )
-from .presets import PRESETS
+from .presets import PRESETS, describe_preset
 from .views import (
     OneViewTransform,
     TwoViewTransform,
@@ -42,6 +42,7 @@ from .views import (
 )
 
 __all__ = [
+    "describe_preset",
     "DATA_FILE_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "PRESETS",

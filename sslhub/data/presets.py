@@ -145,3 +145,12 @@ def preset_views(preset: str, image_size: int, min_scale: float | None = None) -
         raise ValueError(f"augmentation must be one of {sorted(PRESETS)}, got {preset!r}")
     query, key = PRESETS[preset]
     return resolve_view(query, image_size, min_scale), resolve_view(key, image_size, min_scale)
+
+
+def describe_preset(preset: str, image_size: int, min_scale: float | None = None) -> str:
+    """One line for a model card: the preset, its crop scale and the operations its views apply at
+    `image_size` (e.g. no blur on small images)."""
+    query, key = preset_views(preset, image_size, min_scale)
+    low, high = next(op for op in query if isinstance(op, ResizedCrop)).scale
+    operations = dict.fromkeys(type(op).__name__ for op in (*query, *key) if not isinstance(op, ResizedCrop))
+    return f"MoCo {preset} preset: crops of scale [{low:g}, {high:g}], then {', '.join(operations)}"

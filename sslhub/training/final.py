@@ -13,20 +13,28 @@ import torch
 from torch import nn
 
 
-def publish_final_model(args, model: nn.Module, card: dict[str, Any], metrics: dict[str, Any]) -> Path:
+def publish_final_model(
+    args,
+    model: nn.Module,
+    card: dict[str, Any],
+    metrics: dict[str, Any],
+    method_settings: dict[str, Any] | None = None,
+) -> Path:
     """Save `model` into `output_dir/final` with its card, write `metrics.json`, check the reload, say what
     next, and push to the Hub with `--push_to_hub`. Call it on the main process.
 
     Args:
-        args: the recipe settings (`output_dir`, `push_to_hub`, `hub_model_id`).
+        args: the recipe settings (`output_dir`, `push_to_hub`, `hub_model_id`, and what the card shows).
         model: the unwrapped inference model (e.g. `MoCoModel`).
         card: keyword arguments of `sslhub.hub.write_model_card` except `model_name` (the run's name) and
-            `training_summary` (the metrics).
+            `training_summary` (made by `training_summary`).
         metrics: the run's measurements, for the card and `metrics.json`.
+        method_settings: the recipe's own settings for the card's table (augmentation, teacher, ...).
     """
     name = Path(args.output_dir).resolve().name
+    summary = training_summary(args, metrics, method_settings)
     final = save_final_model(
-        model, args.output_dir, card={"model_name": name, **card, "training_summary": metrics}
+        model, args.output_dir, card={"model_name": name, **card, "training_summary": summary}
     )
     (Path(args.output_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(check_reload(final, model))
@@ -36,6 +44,57 @@ def publish_final_model(args, model: nn.Module, card: dict[str, Any], metrics: d
 
         push_to_hub(final, args.hub_model_id or name)
     return final
+
+
+def training_summary(
+    args, metrics: dict[str, Any], method_settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model card's table of how a recipe made the model: data, length and batch, optimizer and schedule,
+    the method's own settings, precision, hardware, time and the kNN results. Local paths are not shown
+    (`dataset_card_name`); `metrics.json` keeps every measurement.
+    """
+    from accelerate import PartialState
+
+    from ..data.loading import dataset_card_name
+    from .optim import scaled_lr
+    from .precision import cpu_model
+
+    state = PartialState()
+    batch = args.batch_size * state.num_processes * args.gradient_accumulation_steps
+    if state.device.type == "cuda":
+        device = torch.cuda.get_device_name(state.device)
+    else:
+        device = cpu_model() or state.device.type
+    schedule = f"{args.lr_schedule} schedule" + (
+        f" (x0.1 at {', '.join(f'{m:g}' for m in args.lr_milestones)} of the run)"
+        if args.lr_schedule == "step"
+        else ""
+    )
+    rows = {
+        "Training data": f"{dataset_card_name(args.dataset)}, split `{args.split}`",
+        "Length": f"{metrics['steps']} steps ({metrics['epochs']} epochs) of {batch} images",
+        "Optimizer": (
+            f"{args.optimizer}, learning rate {scaled_lr(args, state.num_processes):.4g} "
+            f"({args.learning_rate:g} x {batch}/256), weight decay {args.weight_decay:g}, {schedule}, "
+            f"{args.warmup_epochs:g} warm-up epochs"
+        ),
+        **(method_settings or {}),
+        "Precision": f"{metrics['mixed_precision']} ({metrics['precision_reason']})"
+        if metrics.get("precision_reason")
+        else metrics.get("mixed_precision", "?"),
+        "Hardware": f"{state.num_processes} x {device}",
+        "Training time": (
+            f"{metrics['train_seconds']:g} s at {metrics['images_per_second']:g} images/s, "
+            f"peak memory {metrics['peak_memory_mb']} MB"
+        ),
+    }
+    held_out = f"{dataset_card_name(args.knn_eval_dataset or args.dataset)}, split `{args.knn_eval_split}`"
+    for key, label in (("knn_top1_random_init", "at random init"), ("knn_top1", "trained")):
+        if key in metrics:
+            rows[f"kNN top-1 {label} ({held_out})"] = f"{metrics[key]:.4f}"
+    if metrics.get("skipped_images"):
+        rows["Unreadable images skipped"] = metrics["skipped_images"]
+    return rows
 
 
 def save_final_model(model: nn.Module, output_dir: str | Path, card: dict[str, Any] | None = None) -> Path:
