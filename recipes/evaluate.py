@@ -90,6 +90,7 @@ from sslhub.training import (
     save_final_model,
     set_lr,
     setting,
+    training_summary,
 )
 
 PROTOCOLS = ("knn", "linear", "linear-fast", "finetune")
@@ -274,8 +275,8 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
     """Fine-tune the whole model with a new linear head through the training loop.
 
     Returns:
-        `(predictions, labels, settings, model)`: the predicted and true classes of `eval_data`, the
-        training settings, and the unwrapped fine-tuned classifier.
+        `(predictions, labels, settings, model, metrics)`: the predicted and true classes of `eval_data`,
+        the training settings, the unwrapped fine-tuned classifier and the run's measurements.
     """
     # Data: RandomResizedCrop + flip views, seeded per (seed, epoch, image) like pre-training's.
     image = (encoder.image_size, encoder.mean, encoder.std, args.min_crop_scale)
@@ -349,7 +350,7 @@ def finetune(args, accelerator, encoder, train_data, eval_data, names: list[str]
         images_per_second=summary["images_per_second"],
         step_time_ms=summary["step_time_ms"],
     )
-    return predictions, labels, settings, accelerator.unwrap_model(model)
+    return predictions, labels, settings, accelerator.unwrap_model(model), summary
 
 
 def main(args: EvalArguments) -> dict:
@@ -474,7 +475,7 @@ def main(args: EvalArguments) -> dict:
     else:
         train_images = selected_images(train_data, selection.train_rows, selection)
         eval_images = selected_images(eval_data, selection.eval_rows, selection)
-        predictions, labels, settings, classifier = finetune(
+        predictions, labels, settings, classifier, run_metrics = finetune(
             args, accelerator, encoder, train_images, eval_images, selection.names, num_classes
         )
     predictions, labels = predictions.cpu(), labels.cpu()
@@ -531,7 +532,7 @@ def main(args: EvalArguments) -> dict:
         if args.update_card and local_sslhub:
             results["model_card_updated"] = update_model_card(args.model, entries)
         if args.save_model:
-            results["saved_model"] = str(save_classifier(args, classifier, selection, entries, settings))
+            results["saved_model"] = str(save_classifier(args, classifier, selection, entries, run_metrics))
         path = write_results(output_dir, results)
         say(f"wrote {path}")
         if args.plots:
@@ -555,9 +556,9 @@ def main(args: EvalArguments) -> dict:
     return results
 
 
-def save_classifier(args: EvalArguments, classifier, selection: LabelSelection, entries, settings) -> Path:
+def save_classifier(args: EvalArguments, classifier, selection: LabelSelection, entries, metrics) -> Path:
     """The fine-tuned classifier in `output_dir/final` with its image processor and a model card that
-    holds its result."""
+    holds its result and how it was trained (`metrics`: the fine-tuning run's measurements)."""
     if not hasattr(classifier, "save_pretrained"):
         raise SystemExit(f"error: save_model needs an sslhub or transformers model; {args.model} is not one")
     source = "random init" if args.random_init else f"`{args.model}`"
@@ -577,7 +578,15 @@ def save_classifier(args: EvalArguments, classifier, selection: LabelSelection, 
                 "by `recipes/evaluate.py --protocol finetune`."
             ),
             reproduce_command=command_line(),
-            training_summary=settings,
+            training_summary=training_summary(
+                args,
+                metrics,
+                {
+                    "Labels": f"{labels}, {len(selection.train_rows)} training images",
+                    "Fine-tuning": f"crops of scale [{args.min_crop_scale:g}, 1] and flips"
+                    + (f", layer-wise lr decay {args.layer_decay:g}" if args.layer_decay else ""),
+                },
+            ),
             eval_results=entries,
             limitations=(
                 "Trained on a small labelled set at low resolution: a research baseline, not a production "

@@ -579,6 +579,11 @@ def test_recipe_selects_labels_writes_confusion_and_saves_the_classifier(moco_fo
         )  # the encoder of the classifier loads for kNN / linear evaluation
     card = (final / "README.md").read_text()
     assert "fine-tuning top-1, labels grouped as cifar10-animals-vehicles, 10% labels" in card
+    assert (
+        f"| Labels | labels grouped as cifar10-animals-vehicles, 10% labels, {coarse['num_train']} training"
+        in card
+    )
+    assert "| Optimizer | adamw, learning rate " in card and "step_time_ms" not in card
     with pytest.raises(ValueError, match="save_model"):
         recipe.EvalArguments(model=str(moco_folder), protocol="knn", save_model=True)
 

@@ -15,7 +15,7 @@
 from .accelerator import create_accelerator, end_training
 from .arguments import TrainingArguments, save_arguments, setting
 from .checkpoint import Checkpointer, LoopState, list_checkpoints, resolve_resume
-from .final import command_line, publish_final_model, save_final_model
+from .final import command_line, publish_final_model, save_final_model, training_summary
 from .kmeans import assign_clusters, kmeans
 from .loader import (
     MicroBatch,
@@ -88,4 +88,5 @@ __all__ = [
     "set_lr",
     "setting",
     "step_lr",
+    "training_summary",
 ]
