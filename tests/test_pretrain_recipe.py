@@ -157,7 +157,7 @@ def test_final_folder_is_hub_ready_and_loads_with_auto_classes(tmp_path):
     assert table["Training data"] == "cifar10-sslhub-sample, split `test[:256]`"
     assert table["Length"] == f"3 steps ({metrics['epochs']} epochs) of 32 images"
     assert table["Optimizer"].startswith(
-        "sgd, learning rate 0.0125 (0.1 x 32/256), weight decay 0.0001, cosine"
+        "sgd (momentum 0.9), learning rate 0.0125 (0.1 x 32/256), weight decay 0.0001, cosine"
     )
     assert table["Augmentation"].startswith("MoCo v2 preset: crops of scale [0.2, 1]")
     assert table["Key encoder"] == "momentum 0.999, queue of 64 keys"

@@ -149,11 +149,14 @@ class Checkpointer:
                 f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v
             )
             step = self.state.step
-            before = LRSchedule(**{**saved, "milestones": tuple(saved.get("milestones", ()))})(step)
+            try:
+                before = LRSchedule(**{**saved, "milestones": tuple(saved.get("milestones", ()))})(step)
+                was = f", where the checkpoint's run would use {before:.4g}"
+            except (TypeError, ValueError):  # settings written by another sslhub version
+                was = ""
             self.accelerator.print(
                 f"warning: {self.last} was trained on another learning-rate schedule ({changed}); this run "
-                f"continues on its own: at step {step} the learning rate is {schedule(step):.4g}, where the "
-                f"checkpoint's run would use {before:.4g}",
+                f"continues on its own: at step {step} the learning rate is {schedule(step):.4g}{was}",
                 file=sys.stderr,
             )
         self.state.schedule = current

@@ -70,18 +70,21 @@ def training_summary(
         if args.lr_schedule == "step"
         else ""
     )
+    precision = {"no": "fp32"}.get(metrics.get("mixed_precision"), metrics.get("mixed_precision", "?"))
     rows = {
         "Training data": f"{dataset_card_name(args.dataset)}, split `{args.split}`",
         "Length": f"{metrics['steps']} steps ({metrics['epochs']} epochs) of {batch} images",
         "Optimizer": (
-            f"{args.optimizer}, learning rate {scaled_lr(args, state.num_processes):.4g} "
+            f"{args.optimizer}"
+            + (f" (momentum {args.sgd_momentum:g})" if args.optimizer in ("sgd", "lars") else "")
+            + f", learning rate {scaled_lr(args, state.num_processes):.4g} "
             f"({args.learning_rate:g} x {batch}/256), weight decay {args.weight_decay:g}, {schedule}, "
             f"{args.warmup_epochs:g} warm-up epochs"
         ),
         **(method_settings or {}),
-        "Precision": f"{metrics['mixed_precision']} ({metrics['precision_reason']})"
+        "Precision": f"{precision} ({metrics['precision_reason']})"
         if metrics.get("precision_reason")
-        else metrics.get("mixed_precision", "?"),
+        else precision,
         "Hardware": f"{state.num_processes} x {device}",
         "Training time": (
             f"{metrics['train_seconds']:g} s at {metrics['images_per_second']:g} images/s, "
