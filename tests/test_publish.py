@@ -93,6 +93,26 @@ def test_push_uploads_through_hf_endpoint(published, tmp_path, monkeypatch):
     assert ("create_repo", "me/bare", False) in FakeHfApi.calls
 
 
+@pytest.mark.parametrize(
+    "repo_id, timm_repo_id, message",
+    [
+        ("a/b/c", None, "invalid Hub repository id 'a/b/c'"),
+        ("me/bad name", None, "invalid Hub repository id 'me/bad name'"),
+        ("me/x--y", None, "invalid Hub repository id"),
+        # The main repository would be pushed, its card linking to a timm repository the Hub refuses.
+        ("me/" + "x" * 92, None, "-timm.*maximum length is 96"),
+        ("me/tiny", "me/tiny timm", "invalid Hub repository id 'me/tiny timm'"),
+    ],
+)
+def test_invalid_repo_ids_are_refused_before_anything_even_in_a_dry_run(
+    published, repo_id, timm_repo_id, message
+):
+    with pytest.raises(publish.HubError, match=message):
+        publish.push_to_hub(
+            published["folder"], repo_id, dry_run=True, include_timm=True, timm_repo_id=timm_repo_id
+        )
+
+
 def test_push_fails_fast_offline(published):
     with pytest.raises(publish.HubError, match="HF_HUB_OFFLINE=1 is set.*unset HF_HUB_OFFLINE"):
         publish.push_to_hub(published["folder"], "me/tiny")

@@ -119,6 +119,12 @@ def test_bad_settings_end_with_a_clear_message(argv, message, capsys):
         (["--min_crop_scale", "2"], r"min_crop_scale is a fraction .* in \(0, 1\], got 2"),
         (["--dataset", "no/such/folder"], "dataset: 'no/such/folder': no such file or folder"),
         (["--dataset", "missing/*.parquet"], "dataset: no data file matches"),
+        # The push comes after the whole run: its repo id and the Hub's reachability are checked first.
+        (
+            ["--push_to_hub", "true", "--hub_model_id", "a/b/c"],
+            "push_to_hub: invalid Hub repository id 'a/b/c'",
+        ),
+        (["--push_to_hub", "true"], "push_to_hub: HF_HUB_OFFLINE=1 is set.*leave push_to_hub off"),
     ],
 )
 def test_settings_that_would_fail_later_fail_at_parsing(argv, message, tmp_path, monkeypatch):

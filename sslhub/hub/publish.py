@@ -39,12 +39,27 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def check_can_push(token: str | None = None, timeout: float = 5.0) -> str:
+def check_repo_id(repo_id: str) -> None:
+    """Raise a `HubError` unless `repo_id` (`"org/name"` or a bare name) is one the Hub accepts."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)  # characters, form, and names of at most 96 characters
+    except HFValidationError as error:
+        raise HubError(f"invalid Hub repository id {repo_id!r}: {error}") from None
+
+
+def check_can_push(
+    token: str | None = None,
+    timeout: float = 5.0,
+    alternative: str = "add --dry-run to only list what would be uploaded",
+) -> str:
     """Fail fast, with what to do, unless the Hub can be written to; return the token to use.
 
     Args:
         token: a write token; defaults to the logged-in one (`hf auth login` / `HF_TOKEN`).
         timeout: seconds to wait for the endpoint to accept a connection.
+        alternative: what the messages offer instead of pushing now.
 
     Raises:
         HubError: offline mode is on, no token is found, or the endpoint does not answer within `timeout`.
@@ -52,7 +67,7 @@ def check_can_push(token: str | None = None, timeout: float = 5.0) -> str:
     if hf_constants.HF_HUB_OFFLINE or _env_true("HF_HUB_OFFLINE"):
         raise HubError(
             "HF_HUB_OFFLINE=1 is set, and pushing needs the network: run `unset HF_HUB_OFFLINE` (or set it "
-            "to 0) and try again, or add --dry-run to only list what would be uploaded."
+            f"to 0) and try again, or {alternative}."
         )
     from huggingface_hub import get_token
 
@@ -70,7 +85,7 @@ def check_can_push(token: str | None = None, timeout: float = 5.0) -> str:
     except OSError as error:
         raise HubError(
             f"Cannot reach the Hub at {endpoint} ({error}). Check the network connection (and HF_ENDPOINT "
-            "if you use a mirror), or add --dry-run to only list what would be uploaded."
+            f"if you use a mirror), or {alternative}."
         ) from error
     return token
 
@@ -142,11 +157,15 @@ def push_to_hub(
         under the key `"skipped"`.
 
     Raises:
-        HubError: no token, offline mode or an unreachable Hub (checked before anything is built).
+        HubError: an invalid repository id, no token, offline mode or an unreachable Hub (checked before
+            anything is built).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
     folder = Path(folder)
+    check_repo_id(repo_id)  # both repositories' ids, before anything is built or sent
+    if include_timm:
+        check_repo_id(timm_repo_id or f"{repo_id}-timm")
     if not dry_run:
         token = check_can_push(token)
     api = HfApi(endpoint=hub_endpoint(), token=token)

@@ -197,6 +197,16 @@ class TrainingArguments:
                 f"{earlier[-1].name}): continue it with --resume latest, or start afresh with another "
                 "--output_dir or --overwrite_output_dir true (removes them)"
             )
+        if self.push_to_hub:  # else a missing token or a bad repo id would only fail after the whole run
+            from ..hub.publish import HubError, check_can_push, check_repo_id
+
+            try:
+                check_repo_id(self.hub_model_id or Path(self.output_dir).resolve().name)
+                check_can_push(
+                    alternative="leave push_to_hub off and push the final folder later (sslhub push)"
+                )
+            except HubError as error:
+                raise ValueError(f"push_to_hub: {error}") from None
 
 
 def save_arguments(args, path: str | Path) -> None:
