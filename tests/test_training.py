@@ -381,3 +381,32 @@ def test_resuming_with_other_model_settings_names_them(tmp_path):
     with pytest.raises(SystemExit, match=r"size mismatch for queue.*queue_size=64 \(this run: 32\)"):
         checkpointer(32).resume("latest")
     assert checkpointer(64).resume("latest") == 2
+
+
+def test_the_knn_monitor_warns_when_a_split_holds_one_class(tmp_path, capsys):
+    # The shipped sample is sorted by class: its first 64 images are all of class 0, and a kNN on them is
+    # always right.
+    from accelerate import Accelerator
+
+    from sslhub.training import KNNMonitor
+
+    config = MoCoConfig.v2(backbone="test_resnet", image_size=32)
+    out = [
+        "--output_dir",
+        str(tmp_path),
+        "--dataset",
+        "sample",
+        "--split",
+        "train[:64]",
+        "--num_workers",
+        "0",
+    ]
+    KNNMonitor(
+        parse_args(RecipeArguments, [*out, "--knn_eval_split", "test[:64]"]), Accelerator(cpu=True), config
+    )
+    err = capsys.readouterr().err
+    assert "bank (training split) holds 1 class(es) in 64 images" in err
+    assert "evaluation split holds 1 class(es) in 64 images" in err
+    both = ["--split", "train[:64]+train[-64:]", "--knn_eval_split", "test[:64]+test[-64:]"]
+    KNNMonitor(parse_args(RecipeArguments, [*out, *both]), Accelerator(cpu=True), config)
+    assert "class(es)" not in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
@@ -35,6 +37,15 @@ class KNNMonitor:
             raise ValueError("the kNN monitor needs labels in both the training and the evaluation split")
         if len(bank) > args.knn_bank_size:
             bank = bank.shuffle(seed=args.seed).select(range(args.knn_bank_size))
+        for name, split in (("bank (training split)", bank), ("evaluation split", queries)):
+            classes = len(set(split["label"]))
+            if classes < 2:  # e.g. the first rows of a class-sorted split: every prediction is right
+                accelerator.print(
+                    f"warning: the kNN monitor's {name} holds {classes} class(es) in {len(split)} images: its "
+                    "accuracy means nothing; take a slice with several classes (the shipped sample is sorted "
+                    "by class) or turn the monitor off (--knn_steps 0)",
+                    file=sys.stderr,
+                )
         self.loaders = [
             accelerator.prepare(
                 DataLoader(
