@@ -482,7 +482,18 @@ def main(args: EvalArguments) -> dict:
     accuracy = (predictions == labels).float().mean().item()
     confusion = confusion_matrix(predictions, labels, num_classes)
 
-    name = metric_name(args.protocol, args.knn_k, args.knn_temperature, selection.description)
+    # A result on seeded subsets is named as such, so that it neither passes for nor replaces a full-split one.
+    subsets = [
+        f"{len(rows)} {role}"
+        for role, rows, limit in (
+            ("training", selection.train_rows, args.max_train_samples),
+            ("evaluation", selection.eval_rows, args.max_eval_samples),
+        )
+        if limit
+    ]
+    subset = f"subset{'s' if len(subsets) > 1 else ''}: {', '.join(subsets)} images" if subsets else ""
+    qualifier = ", ".join(part for part in (selection.description, subset) if part)
+    name = metric_name(args.protocol, args.knn_k, args.knn_temperature, qualifier)
     say(f"{name}: {accuracy:.4f}")
 
     # Results: JSON always, the model card when the model is a local sslhub folder with trained weights.
@@ -526,8 +537,9 @@ def main(args: EvalArguments) -> dict:
             eval_split,
             args.knn_k,
             args.knn_temperature,
-            selection.description,
+            qualifier,
         )
+        results["model_index"] = entries  # what `sslhub card FOLDER --results results.json` merges
         local_sslhub = encoder.kind == "sslhub" and Path(args.model).is_dir() and not args.random_init
         if args.update_card and local_sslhub:
             results["model_card_updated"] = update_model_card(args.model, entries)

@@ -68,14 +68,17 @@ def _push(args: argparse.Namespace) -> int:
 def _card(args: argparse.Namespace) -> int:
     from huggingface_hub import ModelCard
 
-    from .hub.cards import merge_eval_results, update_card_eval_results, write_model_card
+    from .hub.cards import card_provenance, merge_eval_results, update_card_eval_results, write_model_card
 
     folder = Path(args.folder)
-    results = json.loads(Path(args.results).read_text()) if args.results else []
+    results = _read_results(Path(args.results)) if args.results else []
     if args.name or not (folder / "README.md").is_file():
-        if (folder / "README.md").is_file():  # rewriting keeps the results already in the card
-            old = ModelCard.load(folder / "README.md").data.eval_results or []
-            results = merge_eval_results(old, results)
+        kept: dict = {}
+        if (folder / "README.md").is_file():  # a rewrite keeps the results and the provenance of the card
+            old = ModelCard.load(folder / "README.md")
+            results = merge_eval_results(old.data.eval_results or [], results)
+            kept = card_provenance(old.text)
+            kept.update(base_model=old.data.base_model, datasets=old.data.datasets or [])
         if not (args.name and args.family):
             raise ValueError("a new card needs --name and --family (and usually --paper)")
         training = json.loads(Path(args.training_summary).read_text()) if args.training_summary else None
@@ -84,10 +87,10 @@ def _card(args: argparse.Namespace) -> int:
             model_name=args.name,
             family=args.family,
             paper=args.paper,
-            base_model=args.base_model,
-            datasets=args.dataset,
-            reproduce_command=args.reproduce,
-            training_summary=training,
+            base_model=args.base_model or kept.get("base_model"),
+            datasets=args.dataset or kept.get("datasets", []),
+            reproduce_command=args.reproduce or kept.get("reproduce_command"),
+            training_summary=training or kept.get("training_summary"),
             eval_results=results,
             limitations=args.limitations,
             license=args.license,
@@ -104,6 +107,20 @@ def _card(args: argparse.Namespace) -> int:
         Path(args.copy_to).write_text((folder / "README.md").read_text())
     print(f"wrote {folder / 'README.md'}" + (f" and {args.copy_to}" if args.copy_to else ""))
     return 0
+
+
+def _read_results(path: Path) -> list[dict]:
+    """Evaluation results for a card: a JSON list of entries (`dataset_name`, `metric_name`, `metric_value`,
+    ...), or the `results.json` of `recipes/evaluate.py` (its `model_index` entries)."""
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and isinstance(data.get("model_index"), list):
+        return data["model_index"]
+    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        raise ValueError(
+            f"{path}: expected a JSON list of results (dicts with dataset_name, dataset_type, dataset_split, "
+            "metric_type, metric_name, metric_value) or a results.json written by recipes/evaluate.py"
+        )
+    return data
 
 
 def _embed(args: argparse.Namespace) -> int:

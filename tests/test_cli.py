@@ -159,6 +159,8 @@ def test_card_then_info(model_folder, tmp_path, capsys):
     assert main(["card", str(folder), "--name", "renamed", "--family", "MoCo v2"]) == 0
     card = ModelCard.load(folder / "README.md")
     assert card.data.model_name == "renamed" and card.data.eval_results[0].metric_value == 0.65
+    # A rename keeps how the model was made: datasets, the reproduce command (and a recipe's table, below).
+    assert card.data.datasets == ["uoft-cs/cifar10"] and "make demo" in card.text
     capsys.readouterr()
 
     assert main(["info", str(folder)]) == 0
@@ -219,3 +221,41 @@ def test_convert_and_export_timm_commands(tmp_path, capsys):
     assert main(["export-timm", str(tmp_path / "moco-v1"), str(tmp_path / "timm")]) == 0
     config = json.loads((tmp_path / "timm" / "config.json").read_text())
     assert config["architecture"] == "resnet18" and config["num_features"] == 512
+
+
+def test_card_rename_keeps_a_recipes_provenance_and_reads_evaluate_results(model_folder, tmp_path, capsys):
+    from sslhub.hub import write_model_card
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder, folder)
+    table = {
+        "Training data": "cifar10-sslhub-sample, split `train`",
+        "Length": "475 steps (2.0 epochs) of 256 images",
+    }
+    write_model_card(
+        folder,
+        model_name="demo",
+        family="MoCo v2",
+        paper="moco-v2",
+        base_model="my-org/teacher",
+        reproduce_command="accelerate launch recipes/pretrain_moco.py --config recipes/configs/demo.yaml",
+        training_summary=table,
+    )
+    assert (
+        main(["card", str(folder), "--name", "moco-v2-demo", "--family", "MoCo v2", "--paper", "moco-v2"])
+        == 0
+    )
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.model_name == "moco-v2-demo" and card.data.base_model == "my-org/teacher"
+    assert "accelerate launch recipes/pretrain_moco.py --config recipes/configs/demo.yaml" in card.text
+    for key, value in table.items():
+        assert f"| {key} | {value} |" in card.text
+
+    # recipes/evaluate.py's results.json merges as it is; any other JSON is refused with the expected format.
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"accuracy": 0.5, "model_index": [RESULT]}))
+    assert main(["card", str(folder), "--results", str(results)]) == 0
+    assert ModelCard.load(folder / "README.md").data.eval_results[0].metric_value == RESULT["metric_value"]
+    results.write_text(json.dumps({"accuracy": 0.5}))
+    assert main(["card", str(folder), "--results", str(results)]) == 1
+    assert "expected a JSON list of results" in capsys.readouterr().err

@@ -492,11 +492,13 @@ def test_recipe_writes_results(protocol, moco_folder, tmp_path):
             "linear-fast": "linear probe top-1 (one setting)",
             "finetune": "fine-tuning top-1",
         }[protocol]
+        + ", subsets: 200 training, 100 evaluation images"  # not to pass for the full split's result
     )
     # The result is merged into the model card's model-index, told apart by its metric name.
     assert saved["model_card_updated"]
     card = (moco_folder / "README.md").read_text()
     assert "model-index" in card and saved["metric_name"] in card
+    assert [entry["metric_name"] for entry in saved["model_index"]] == [saved["metric_name"]]
     if protocol == "finetune":  # the fine-tuning logs give the training curves
         for name in (
             "confusion_matrix.png",
@@ -544,7 +546,10 @@ def test_recipe_selects_labels_writes_confusion_and_saves_the_classifier(moco_fo
     assert animals["class_names"] == ["bird", "cat", "deer", "dog", "frog", "horse"]
     assert confusion.shape == (6, 6) and int(confusion.sum()) == animals["num_eval"] < 100
     assert animals["accuracy"] == pytest.approx(float(confusion.trace() / confusion.sum()), abs=1e-6)
-    assert animals["metric_name"] == "kNN top-1 (k=20, T=0.1), classes bird/cat/deer/dog/frog/horse"
+    assert animals["metric_name"] == (
+        "kNN top-1 (k=20, T=0.1), classes bird/cat/deer/dog/frog/horse, subsets: "
+        f"{animals['num_train']} training, {animals['num_eval']} evaluation images"
+    )
 
     # Supervised from random init on 10% of the coarse labels, kept as a model to evaluate again.
     cfg = recipe.EvalArguments(

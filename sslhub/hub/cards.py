@@ -193,6 +193,22 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
+def card_provenance(text: str) -> dict[str, Any]:
+    """What a card written by `write_model_card` says of how the model was made: `reproduce_command` and
+    `training_summary` (the table's rows), as `write_model_card` takes them; empty where the card lacks them.
+    A rewrite (a new name or family) passes them on instead of losing them."""
+    made = text.split("## How it was made", 1)[1].split("\n## ", 1)[0] if "## How it was made" in text else ""
+    found: dict[str, Any] = {}
+    command = re.search(r"Reproduce it with:\s*```bash\n(.*?)\n```", made, re.DOTALL)
+    if command:
+        found["reproduce_command"] = command.group(1)
+    if "| Setting | Value |" in made:
+        table = made.split("| Setting | Value |", 1)[1]
+        rows = re.findall(r"^\| (.+?) \| (.*?) \|$", table, re.MULTILINE)
+        found["training_summary"] = {key: value for key, value in rows if set(key) != {"-"}}
+    return found
+
+
 def write_model_card(
     folder: str | os.PathLike,
     *,
