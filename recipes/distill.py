@@ -372,7 +372,7 @@ def main(args: DistillArguments) -> dict[str, float]:
                 base_model=args.teacher_hub_id or args.teacher,
                 datasets=[dataset_card_name(args.dataset)],
                 summary=(
-                    f"A `{config.backbone}` student distilled from the frozen teacher `{args.teacher}` with "
+                    f"A `{config.backbone}` student distilled from the frozen teacher `{portable_path(args.teacher)}` with "
                     f"the `{config.loss}` loss, without labels. It maps an image to an embedding for retrieval, "
                     "kNN classification, linear probing or fine-tuning; it predicts no labels by itself."
                 ),

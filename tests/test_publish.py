@@ -166,3 +166,13 @@ def test_push_to_the_live_hub_and_load_back(published):
         torch.testing.assert_close(pooled, published["reference"].pooler_output)
     finally:
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_a_training_checkpoint_is_not_pushed(published, tmp_path):
+    # A recipe's checkpoint loads with from_pretrained, but it is the training model with its optimizer state:
+    # what a reader of the Hub wants is the final inference folder.
+    checkpoint = tmp_path / "step_4"
+    shutil.copytree(published["folder"], checkpoint)
+    (checkpoint / "optimizer.bin").write_bytes(b"state")
+    with pytest.raises(ValueError, match="is a training checkpoint.*output_dir/final"):
+        publish.push_to_hub(checkpoint, "me/tiny", dry_run=True)

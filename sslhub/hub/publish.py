@@ -95,6 +95,12 @@ def _plan_model_upload(folder: Path, repo_id: str) -> tuple[dict[str, Path | byt
     config = load_sslhub_config(folder)
     if not any(p.suffix == ".safetensors" for p in folder.iterdir()):
         raise ValueError(f"{folder} has no .safetensors weights: save the model with `save_pretrained` first")
+    if (folder / "optimizer.bin").is_file() or (folder / "optimizer.safetensors").is_file():
+        raise ValueError(
+            f"{folder} is a training checkpoint (the training model, its optimizer and random states): push the "
+            "run's final folder (output_dir/final), or save the inference model first "
+            "(`AutoModel.from_pretrained(checkpoint).save_pretrained(folder)`)"
+        )
     uploads: dict[str, Path | bytes] = {}
     skipped = []
     for path in sorted(folder.iterdir()):
