@@ -138,6 +138,42 @@ def test_push_fails_fast_when_the_hub_is_unreachable(published, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def test_push_fails_fast_when_the_hub_accepts_but_never_answers(published, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with socket.socket() as silent:  # the kernel completes the handshake; nothing ever reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.monotonic()
+        with pytest.raises(publish.HubError, match="accepted a connection but gave no answer within 1 s"):
+            publish.check_can_push(token="hf_dummy", timeout=1)
+        assert time.monotonic() - start < 10
+
+
+def test_a_hub_that_answers_passes_the_check_even_with_an_error_status(monkeypatch):
+    import http.server
+    import threading
+
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # what the Hub answers to a request without a token
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with http.server.HTTPServer(("127.0.0.1", 0), Unauthorized) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert publish.check_can_push(token="hf_dummy", timeout=5) == "hf_dummy"
+        server.shutdown()
+
+
 def _live_hub_available() -> bool:
     from huggingface_hub import get_token
 

@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -86,6 +88,15 @@ def check_can_push(
         raise HubError(
             f"Cannot reach the Hub at {endpoint} ({error}). Check the network connection (and HF_ENDPOINT "
             f"if you use a mirror), or {alternative}."
+        ) from error
+    try:  # a connection that opens is not enough: a proxy or firewall may accept it and never answer
+        urllib.request.urlopen(f"{endpoint}/api/whoami-v2", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered (401 without the token in this request): the Hub is there
+    except OSError as error:  # a timeout, or no HTTP answer at all
+        raise HubError(
+            f"The Hub at {endpoint} accepted a connection but gave no answer within {timeout:g} s ({error}). "
+            f"Check the network (a proxy or firewall?) and HF_ENDPOINT, or {alternative}."
         ) from error
     return token
 
