@@ -143,6 +143,7 @@ def test_push_fails_fast_when_the_hub_accepts_but_never_answers(published, monke
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # straight to the local server, whatever proxy is set
     with socket.socket() as silent:  # the kernel completes the handshake; nothing ever reads or answers
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
@@ -167,6 +168,7 @@ def test_a_hub_that_answers_passes_the_check_even_with_an_error_status(monkeypat
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with http.server.HTTPServer(("127.0.0.1", 0), Unauthorized) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
